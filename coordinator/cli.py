@@ -1,0 +1,51 @@
+"""`insitu-coordinator`: run the federation's coordinator."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coordinator.server import Coordinator
+from coordinator.settings import CoordinatorSettings
+from insitu.cli.common import cli_errors
+from insitu.settings import load_settings
+
+app = typer.Typer(help="The insitu coordinator.", no_args_is_help=True)
+
+
+@app.callback()
+def _root() -> None:
+    """The insitu coordinator."""
+
+
+@app.command("serve")
+@cli_errors
+def serve(
+    config: Annotated[Path | None, typer.Option(help="TOML with a [coordinator] table")] = None,
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    listen: Annotated[str | None, typer.Option(help="mTLS listener HOST:PORT")] = None,
+    enrol_listen: Annotated[str | None, typer.Option(help="enrolment listener HOST:PORT")] = None,
+    vault_addr: Annotated[str | None, typer.Option()] = None,
+    trust_domain: Annotated[str | None, typer.Option()] = None,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Serve until SIGTERM or Ctrl-C; state lives in DATA_DIR, keys in Vault."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(
+        CoordinatorSettings, "coordinator", file=config,
+        overrides={"data_dir": data_dir, "listen": listen, "enrol_listen": enrol_listen,
+                   "vault_addr": vault_addr, "trust_domain": trust_domain},
+    )
+    coordinator = Coordinator(settings)
+    coordinator.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    coordinator.stop()

@@ -1,0 +1,162 @@
+"""The coordinator process: its own service certificate from Vault, the mTLS listener
+(sessions, admin), and the separate enrolment listener (server-authenticated TLS, only
+``Enrol``, authenticated by join token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from coordinator.authorization import RoleAuthorizer
+from coordinator.servicers import AdminServicer, EnrolmentServicer, SiteSessionServicer
+from coordinator.sessions import SessionRegistry
+from coordinator.settings import CoordinatorSettings
+from coordinator.store import CoordinatorStore
+from insitu._proto.v1 import admin_pb2_grpc, enrolment_pb2_grpc, session_pb2_grpc
+from insitu.errors import ErrorCode, InsituError
+from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
+from insitu.identity.spiffe import SpiffeId
+from insitu.keys import KeyService
+from insitu.rpc.authn import Authenticator
+from insitu.rpc.revocation import RevocationList
+from insitu.rpc.server import build_server, server_credentials
+
+__all__ = ["Coordinator", "connect_vault"]
+
+log = logging.getLogger(__name__)
+
+ENROL_METHOD = "/insitu.v1.Enrolment/Enrol"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+ENDPOINTS_FILE = "endpoints.json"
+
+
+def connect_vault(s: CoordinatorSettings) -> KeyService:
+    """AppRole in production; a token file only where the settings name one (dev)."""
+    if s.vault_role_id_file and s.vault_secret_id_file:
+        return KeyService.from_approle(
+            s.vault_addr,
+            s.vault_role_id_file.read_text().strip(),
+            s.vault_secret_id_file.read_text().strip(),
+        )
+    if s.vault_token_file:
+        return KeyService.from_token(s.vault_addr, s.vault_token_file.read_text().strip())
+    raise InsituError(ErrorCode.CONFIG, "no Vault credentials: set vault_role_id_file and "
+                      "vault_secret_id_file (or vault_token_file for dev)")
+
+
+class Coordinator:
+    """One coordinator: build with settings, :meth:`start`, :meth:`stop`."""
+
+    def __init__(self, settings: CoordinatorSettings, keys: KeyService | None = None) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keys = keys or connect_vault(settings)
+        self.store = CoordinatorStore(self.data_dir / "coordinator.db")
+        self.sessions = SessionRegistry()
+        self.revocation = RevocationList(
+            self.keys.revoked_serials,
+            refresh_s=settings.crl_refresh_s,
+            max_stale_s=settings.crl_max_stale_s,
+        )
+        self.revocation.on_revoke(
+            lambda serial: self.sessions.terminate_serial(
+                serial, "certificate revoked", ErrorCode.CERT_REVOKED.value
+            )
+        )
+        self.authenticator = Authenticator(settings.trust_domain, self.revocation)
+        self.authorizer = RoleAuthorizer(self.store, self.keys)
+        self.server: grpc.Server | None = None
+        self.enrol_server: grpc.Server | None = None
+        self.port = 0
+        self.enrol_port = 0
+        self.credentials: Credentials | None = None
+
+    # -- service identity ------------------------------------------------------------
+
+    def service_credentials(self) -> Credentials:
+        """The coordinator's own certificate; reissued when a third of its life is left."""
+        tls = self.data_dir / "tls"
+        try:
+            creds = Credentials.load(tls)
+            info = creds.info
+            if info.lifetime_fraction_elapsed(datetime.now(UTC)) < 2 / 3:
+                return creds
+        except InsituError:
+            pass
+        td = self.settings.trust_domain
+        key = generate_private_key()
+        sid = SpiffeId.service(td, "coordinator")
+        cert = self.keys.sign_csr(
+            "service",
+            build_csr(key, sid),
+            uri_sans=[sid.uri],
+            dns_sans=[self.settings.server_name, "localhost"],
+            ip_sans=["127.0.0.1"],
+            common_name=self.settings.server_name,
+            ttl_seconds=self.settings.service_cert_ttl_s,
+        )
+        creds = Credentials(key_to_pem(key), cert.cert_pem, cert.chain_pem, self.keys.ca_bundle_pem())
+        creds.save(tls)
+        return creds
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.revocation.start()
+        creds = self.credentials = self.service_credentials()
+
+        def register_main(server: grpc.Server) -> list[str]:
+            session_pb2_grpc.add_SiteSessionServicer_to_server(SiteSessionServicer(self), server)
+            admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), server)
+            return ["insitu.v1.SiteSession", "insitu.v1.Admin"]
+
+        def register_enrol(server: grpc.Server) -> list[str]:
+            enrolment_pb2_grpc.add_EnrolmentServicer_to_server(EnrolmentServicer(self), server)
+            return ["insitu.v1.Enrolment"]
+
+        self.server, self.port, _ = build_server(
+            address=self.settings.listen,
+            credentials=server_credentials(creds, require_client_auth=True),
+            authenticator=self.authenticator,
+            authorizer=self.authorizer,
+            register=register_main,
+        )
+        # The one listener without client certificates: it serves only Enrol (+ health),
+        # and Enrol authenticates by one-time join token.
+        self.enrol_server, self.enrol_port, _ = build_server(
+            address=self.settings.enrol_listen,
+            credentials=server_credentials(creds, require_client_auth=False),
+            authenticator=self.authenticator,
+            authorizer=None,
+            register=register_enrol,
+            public_methods=frozenset({ENROL_METHOD, HEALTH_CHECK}),
+            max_workers=8,
+        )
+        self.server.start()
+        self.enrol_server.start()
+        host = self.settings.advertise_host
+        endpoints = {
+            "listen": f"{host}:{self.port}",
+            "enrol": f"{host}:{self.enrol_port}",
+            "server_name": self.settings.server_name,
+            "trust_domain": self.settings.trust_domain,
+        }
+        (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
+        (self.data_dir / "ca.pem").write_text(creds.ca_pem)
+        log.info("coordinator listening on %s (mTLS) and %s (enrolment)",
+                 endpoints["listen"], endpoints["enrol"])
+
+    def stop(self, grace: float = 2.0) -> None:
+        for s in self.sessions.all():
+            s.close("coordinator shutting down")
+        for srv in (self.server, self.enrol_server):
+            if srv is not None:
+                srv.stop(grace).wait(grace + 1)
+        self.revocation.stop()
+        self.store.close()

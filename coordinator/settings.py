@@ -1,0 +1,33 @@
+"""The coordinator's one settings object (file → env INSITU_COORDINATOR_* → flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CoordinatorSettings"]
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    trust_domain: str
+    data_dir: Path
+    vault_addr: str
+    # AppRole credentials (production) or a token file (dev only); never the value inline.
+    vault_role_id_file: Path | None = None
+    vault_secret_id_file: Path | None = None
+    vault_token_file: Path | None = None
+    listen: str = "127.0.0.1:7443"
+    enrol_listen: str = "127.0.0.1:7444"
+    site_cert_ttl_s: int = 8 * 3600
+    service_cert_ttl_s: int = 24 * 3600
+    token_max_ttl_s: int = 7 * 24 * 3600
+    heartbeat_interval_ms: int = 5_000
+    crl_refresh_s: float = 15.0
+    crl_max_stale_s: float = 300.0
+    advertise_host: str = "127.0.0.1"
+
+    @property
+    def server_name(self) -> str:
+        """The DNS SAN clients pin: only Vault's `service` role may issue it."""
+        return f"coordinator.{self.trust_domain}"
