@@ -62,6 +62,9 @@ class Authenticator:
         certs = auth.get("x509_pem_cert") or []
         if not certs:
             raise InsituError(ErrorCode.UNAUTHENTICATED, "no client certificate")
+        version = auth.get("ssl_tls_version")
+        if version is not None and version != [b"TLSv1.3"]:
+            raise InsituError(ErrorCode.UNAUTHENTICATED, "TLS 1.3 is required")
         return self.check(self._info(certs[0]), peer=str(context.peer()))
 
     def check(self, info: CertInfo, *, peer: str = "") -> Principal:
