@@ -15,7 +15,9 @@ __all__ = ["get_site", "list_sites", "revoke_site", "site_message"]
 MAX_REASON = 512
 
 
-def site_message(store: CoordinatorStore, registry: SessionRegistry, row: SiteRow) -> admin_pb2.Site:
+def site_message(
+    store: CoordinatorStore, registry: SessionRegistry, row: SiteRow
+) -> admin_pb2.Site:
     certs = store.site_certs(row.site_id)
     live = [c for c in certs if not c.revoked]
     latest = max(live, key=lambda c: c.not_after) if live else None
@@ -24,7 +26,8 @@ def site_message(store: CoordinatorStore, registry: SessionRegistry, row: SiteRo
         site_id=row.site_id,
         spiffe_id=row.spiffe_id,
         status=(
-            admin_pb2.SITE_STATUS_ENROLLED if row.status == "enrolled"
+            admin_pb2.SITE_STATUS_ENROLLED
+            if row.status == "enrolled"
             else admin_pb2.SITE_STATUS_REVOKED
         ),
         connected=session is not None and not session.closed.is_set(),
@@ -48,8 +51,14 @@ def get_site(store: CoordinatorStore, registry: SessionRegistry, site_id: str) -
     return site_message(store, registry, row)
 
 
-def revoke_site(store: CoordinatorStore, registry: SessionRegistry, keys: KeyService,
-                revocation: RevocationList, site_id: str, reason: str) -> tuple[admin_pb2.Site, int]:
+def revoke_site(
+    store: CoordinatorStore,
+    registry: SessionRegistry,
+    keys: KeyService,
+    revocation: RevocationList,
+    site_id: str,
+    reason: str,
+) -> tuple[admin_pb2.Site, int]:
     """Revoke every live certificate of the site in Vault and end its sessions."""
     validate_name(site_id, "site_id")
     if len(reason) > MAX_REASON:
@@ -58,7 +67,9 @@ def revoke_site(store: CoordinatorStore, registry: SessionRegistry, keys: KeySer
     if row is None:
         raise InsituError(ErrorCode.NOT_FOUND, f"site {site_id} is not enrolled")
     now = now_s()
-    serials = [c.serial_hex for c in store.site_certs(site_id) if not c.revoked and c.not_after > now]
+    serials = [
+        c.serial_hex for c in store.site_certs(site_id) if not c.revoked and c.not_after > now
+    ]
     for s in serials:
         keys.revoke(int(s, 16))
     store.mark_revoked(site_id, reason or "revoked by operator", serials, now=now)

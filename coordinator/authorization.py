@@ -41,17 +41,20 @@ class RoleAuthorizer:
         roles = set(self.store.roles_of(key, now=int(time.time())))
         if principal.kind is IdentityKind.USER:
             record = self.keys.kv_get(BOOTSTRAP_KV_PREFIX + principal.name)
-            if record and record.get("spiffe_id") == key and record.get(
-                "cert_serial"
-            ) == f"{principal.cert_serial:x}":
+            if (
+                record
+                and record.get("spiffe_id") == key
+                and record.get("cert_serial") == f"{principal.cert_serial:x}"
+            ):
                 roles.add("federation_admin")
         frozen = frozenset(roles)
         with self._lock:
             self._cache[key] = (now, frozen)
         return frozen
 
-    def authorize(self, principal: Principal, action: str, resource: Resource,
-                  context: dict[str, Any]) -> AuthzDecision:
+    def authorize(
+        self, principal: Principal, action: str, resource: Resource, context: dict[str, Any]
+    ) -> AuthzDecision:
         if action == "health.check":
             return AuthzDecision(True, "any authenticated identity may check health")
         if action in SITE_ACTIONS:

@@ -35,12 +35,20 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Serve until SIGTERM or Ctrl-C; state lives in DATA_DIR, keys in Vault."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = load_settings(
-        CoordinatorSettings, "coordinator", file=config,
-        overrides={"data_dir": data_dir, "listen": listen, "enrol_listen": enrol_listen,
-                   "vault_addr": vault_addr, "trust_domain": trust_domain},
+        CoordinatorSettings,
+        "coordinator",
+        file=config,
+        overrides={
+            "data_dir": data_dir,
+            "listen": listen,
+            "enrol_listen": enrol_listen,
+            "vault_addr": vault_addr,
+            "trust_domain": trust_domain,
+        },
     )
     coordinator = Coordinator(settings)
     coordinator.start()

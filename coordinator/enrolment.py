@@ -43,8 +43,13 @@ class Enrolled:
     ca_pem: str
 
 
-def mint_join_token(store: CoordinatorStore, settings: CoordinatorSettings, site_id: str,
-                    ttl_s: int, created_by: str) -> JoinTokenMinted:
+def mint_join_token(
+    store: CoordinatorStore,
+    settings: CoordinatorSettings,
+    site_id: str,
+    ttl_s: int,
+    created_by: str,
+) -> JoinTokenMinted:
     validate_name(site_id, "site_id")
     if not MIN_TOKEN_TTL_S <= ttl_s <= settings.token_max_ttl_s:
         raise InsituError(
@@ -58,8 +63,9 @@ def mint_join_token(store: CoordinatorStore, settings: CoordinatorSettings, site
     return JoinTokenMinted(token, token_id, site_id, now + ttl_s)
 
 
-def _sign_site(keys: KeyService, settings: CoordinatorSettings, sid: SpiffeId,
-               csr_pem: str) -> IssuedCert:
+def _sign_site(
+    keys: KeyService, settings: CoordinatorSettings, sid: SpiffeId, csr_pem: str
+) -> IssuedCert:
     return keys.sign_csr(
         "site",
         csr_pem,
@@ -70,8 +76,14 @@ def _sign_site(keys: KeyService, settings: CoordinatorSettings, sid: SpiffeId,
     )
 
 
-def enrol_site(store: CoordinatorStore, keys: KeyService, settings: CoordinatorSettings,
-               site_id: str, token: str, csr_pem: str) -> tuple[Enrolled, str]:
+def enrol_site(
+    store: CoordinatorStore,
+    keys: KeyService,
+    settings: CoordinatorSettings,
+    site_id: str,
+    token: str,
+    csr_pem: str,
+) -> tuple[Enrolled, str]:
     """Enrol ``site_id``; returns the result and the consumed token's id (for audit)."""
     validate_name(site_id, "site_id")
     if not token or len(token) > 256:
@@ -82,7 +94,11 @@ def enrol_site(store: CoordinatorStore, keys: KeyService, settings: CoordinatorS
     cert = _sign_site(keys, settings, sid, csr_pem)
     try:
         store.complete_enrolment(
-            token, site_id, sid.uri, f"{cert.serial:x}", int(cert.not_after.timestamp()),
+            token,
+            site_id,
+            sid.uri,
+            f"{cert.serial:x}",
+            int(cert.not_after.timestamp()),
             now=now_s(),
         )
     except InsituError:
@@ -91,8 +107,13 @@ def enrol_site(store: CoordinatorStore, keys: KeyService, settings: CoordinatorS
     return Enrolled(sid, cert, keys.ca_bundle_pem()), t.token_id
 
 
-def renew_site_cert(store: CoordinatorStore, keys: KeyService, settings: CoordinatorSettings,
-                    site_id: str, csr_pem: str) -> Enrolled:
+def renew_site_cert(
+    store: CoordinatorStore,
+    keys: KeyService,
+    settings: CoordinatorSettings,
+    site_id: str,
+    csr_pem: str,
+) -> Enrolled:
     validate_csr(csr_pem)
     site = store.get_site(site_id)
     if site is None:

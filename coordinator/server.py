@@ -45,8 +45,11 @@ def connect_vault(s: CoordinatorSettings) -> KeyService:
         )
     if s.vault_token_file:
         return KeyService.from_token(s.vault_addr, s.vault_token_file.read_text().strip())
-    raise InsituError(ErrorCode.CONFIG, "no Vault credentials: set vault_role_id_file and "
-                      "vault_secret_id_file (or vault_token_file for dev)")
+    raise InsituError(
+        ErrorCode.CONFIG,
+        "no Vault credentials: set vault_role_id_file and "
+        "vault_secret_id_file (or vault_token_file for dev)",
+    )
 
 
 class Coordinator:
@@ -101,7 +104,9 @@ class Coordinator:
             common_name=self.settings.server_name,
             ttl_seconds=self.settings.service_cert_ttl_s,
         )
-        creds = Credentials(key_to_pem(key), cert.cert_pem, cert.chain_pem, self.keys.ca_bundle_pem())
+        creds = Credentials(
+            key_to_pem(key), cert.cert_pem, cert.chain_pem, self.keys.ca_bundle_pem()
+        )
         creds.save(tls)
         return creds
 
@@ -149,8 +154,11 @@ class Coordinator:
         }
         (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
         (self.data_dir / "ca.pem").write_text(creds.ca_pem)
-        log.info("coordinator listening on %s (mTLS) and %s (enrolment)",
-                 endpoints["listen"], endpoints["enrol"])
+        log.info(
+            "coordinator listening on %s (mTLS) and %s (enrolment)",
+            endpoints["listen"],
+            endpoints["enrol"],
+        )
 
     def stop(self, grace: float = 2.0) -> None:
         for s in self.sessions.all():

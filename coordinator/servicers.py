@@ -38,15 +38,20 @@ def _issued(e: enrolment.Enrolled) -> identity_pb2.IssuedCertificate:
     )
 
 
-class EnrolmentServicer(enrolment_pb2_grpc.EnrolmentServicer):  # type: ignore[misc]
+class EnrolmentServicer(enrolment_pb2_grpc.EnrolmentServicer):
     def __init__(self, c: Coordinator) -> None:
         self.c = c
 
-    def Enrol(self, request: enrolment_pb2.EnrolRequest,  # noqa: N802
-              context: grpc.ServicerContext) -> enrolment_pb2.EnrolResponse:
+    def Enrol(
+        self, request: enrolment_pb2.EnrolRequest, context: grpc.ServicerContext
+    ) -> enrolment_pb2.EnrolResponse:
         result, token_id = enrolment.enrol_site(
-            self.c.store, self.c.keys, self.c.settings,
-            request.site_id, request.join_token, request.csr_pem,
+            self.c.store,
+            self.c.keys,
+            self.c.settings,
+            request.site_id,
+            request.join_token,
+            request.csr_pem,
         )
         annotate(token_id=token_id, serial=f"{result.cert.serial:x}")
         return enrolment_pb2.EnrolResponse(
@@ -54,20 +59,25 @@ class EnrolmentServicer(enrolment_pb2_grpc.EnrolmentServicer):  # type: ignore[m
         )
 
 
-class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):  # type: ignore[misc]
+class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):
     def __init__(self, c: Coordinator) -> None:
         self.c = c
 
-    def Connect(self, request_iterator: Iterator[session_pb2.SiteMessage],  # noqa: N802
-                context: grpc.ServicerContext) -> Iterator[session_pb2.CoordinatorMessage]:
+    def Connect(
+        self, request_iterator: Iterator[session_pb2.SiteMessage], context: grpc.ServicerContext
+    ) -> Iterator[session_pb2.CoordinatorMessage]:
         principal = current_principal()
         yield from serve_session(
-            request_iterator, principal, self.c.sessions, self.c.store,
+            request_iterator,
+            principal,
+            self.c.sessions,
+            self.c.store,
             self.c.settings.heartbeat_interval_ms,
         )
 
-    def Renew(self, request: session_pb2.RenewRequest,  # noqa: N802
-              context: grpc.ServicerContext) -> session_pb2.RenewResponse:
+    def Renew(
+        self, request: session_pb2.RenewRequest, context: grpc.ServicerContext
+    ) -> session_pb2.RenewResponse:
         principal = current_principal()
         result = enrolment.renew_site_cert(
             self.c.store, self.c.keys, self.c.settings, principal.name, request.csr_pem
@@ -76,34 +86,47 @@ class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):  # type: ignore
         return session_pb2.RenewResponse(certificate=_issued(result))
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, c: Coordinator) -> None:
         self.c = c
 
-    def CreateJoinToken(self, request: admin_pb2.CreateJoinTokenRequest,  # noqa: N802
-                        context: grpc.ServicerContext) -> admin_pb2.CreateJoinTokenResponse:
+    def CreateJoinToken(
+        self, request: admin_pb2.CreateJoinTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateJoinTokenResponse:
         minted = enrolment.mint_join_token(
-            self.c.store, self.c.settings, request.site_id, int(request.ttl_seconds),
+            self.c.store,
+            self.c.settings,
+            request.site_id,
+            int(request.ttl_seconds),
             current_principal().spiffe_id.uri,
         )
         annotate(token_id=minted.token_id)
         return admin_pb2.CreateJoinTokenResponse(
-            token=minted.token, token_id=minted.token_id, site_id=minted.site_id,
+            token=minted.token,
+            token_id=minted.token_id,
+            site_id=minted.site_id,
             expires_unix=minted.expires_at,
         )
 
-    def ListSites(self, request: admin_pb2.ListSitesRequest,  # noqa: N802
-                  context: grpc.ServicerContext) -> admin_pb2.ListSitesResponse:
+    def ListSites(
+        self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListSitesResponse:
         return admin_pb2.ListSitesResponse(sites=admin.list_sites(self.c.store, self.c.sessions))
 
-    def GetSite(self, request: admin_pb2.GetSiteRequest,  # noqa: N802
-                context: grpc.ServicerContext) -> admin_pb2.Site:
+    def GetSite(
+        self, request: admin_pb2.GetSiteRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.Site:
         return admin.get_site(self.c.store, self.c.sessions, request.site_id)
 
-    def RevokeSite(self, request: admin_pb2.RevokeSiteRequest,  # noqa: N802
-                   context: grpc.ServicerContext) -> admin_pb2.RevokeSiteResponse:
+    def RevokeSite(
+        self, request: admin_pb2.RevokeSiteRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeSiteResponse:
         site, n = admin.revoke_site(
-            self.c.store, self.c.sessions, self.c.keys, self.c.revocation,
-            request.site_id, request.reason,
+            self.c.store,
+            self.c.sessions,
+            self.c.keys,
+            self.c.revocation,
+            request.site_id,
+            request.reason,
         )
         return admin_pb2.RevokeSiteResponse(site=site, revoked_certificates=n)

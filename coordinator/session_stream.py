@@ -3,6 +3,7 @@ stream ends (revocation, expiry, silence, replacement)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,10 +30,9 @@ def _first_message(requests: Iterator[session_pb2.SiteMessage]) -> session_pb2.S
     done = threading.Event()
 
     def read() -> None:
-        try:
+        # An empty box after the wait says it all: no Hello arrived.
+        with contextlib.suppress(StopIteration, Exception):
             box.append(next(requests))
-        except (StopIteration, Exception):  # noqa: S110 - an empty box says it all
-            pass
         done.set()
 
     threading.Thread(target=read, daemon=True).start()

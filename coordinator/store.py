@@ -122,8 +122,9 @@ class CoordinatorStore:
 
     # -- join tokens ---------------------------------------------------------------
 
-    def add_token(self, token: str, token_id: str, site_id: str, created_by: str,
-                  expires_at: int, *, now: int) -> None:
+    def add_token(
+        self, token: str, token_id: str, site_id: str, created_by: str, expires_at: int, *, now: int
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO join_tokens VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -145,15 +146,18 @@ class CoordinatorStore:
         if t is None:
             raise InsituError(ErrorCode.TOKEN_UNKNOWN, "no such join token")
         if t.site_id != site_id:
-            raise InsituError(ErrorCode.TOKEN_SITE_MISMATCH, f"token {t.token_id} is for another site")
+            raise InsituError(
+                ErrorCode.TOKEN_SITE_MISMATCH, f"token {t.token_id} is for another site"
+            )
         if t.used_at is not None:
             raise InsituError(ErrorCode.TOKEN_USED, f"token {t.token_id} was used")
         if now >= t.expires_at:
             raise InsituError(ErrorCode.TOKEN_EXPIRED, f"token {t.token_id} expired")
         return t
 
-    def complete_enrolment(self, token: str, site_id: str, spiffe_id: str, serial_hex: str,
-                           not_after: int, *, now: int) -> None:
+    def complete_enrolment(
+        self, token: str, site_id: str, spiffe_id: str, serial_hex: str, not_after: int, *, now: int
+    ) -> None:
         """Consume the token and record the site and its certificate, atomically.
 
         Raises TOKEN_USED if another enrolment consumed the token first.
@@ -167,19 +171,23 @@ class CoordinatorStore:
             if cur.rowcount != 1:
                 raise InsituError(ErrorCode.TOKEN_USED, "token was consumed concurrently")
             db.execute(
-                "INSERT INTO sites (site_id, spiffe_id, status, enrolled_at) VALUES (?, ?, 'enrolled', ?)"
-                " ON CONFLICT(site_id) DO UPDATE SET status='enrolled', spiffe_id=excluded.spiffe_id,"
+                "INSERT INTO sites (site_id, spiffe_id, status, enrolled_at)"
+                " VALUES (?, ?, 'enrolled', ?) ON CONFLICT(site_id) DO UPDATE SET"
+                " status='enrolled', spiffe_id=excluded.spiffe_id,"
                 " enrolled_at=excluded.enrolled_at, revoked_at=NULL, revoke_reason=NULL",
                 (site_id, spiffe_id, now),
             )
             db.execute(
-                "INSERT INTO site_certs (serial_hex, site_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+                "INSERT INTO site_certs (serial_hex, site_id, issued_at, not_after)"
+                " VALUES (?, ?, ?, ?)",
                 (serial_hex, site_id, now, not_after),
             )
 
     def count_unused_tokens(self) -> int:
         with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM join_tokens WHERE used_at IS NULL").fetchone()
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM join_tokens WHERE used_at IS NULL"
+            ).fetchone()
         return int(n)
 
     # -- sites ---------------------------------------------------------------------
@@ -187,7 +195,8 @@ class CoordinatorStore:
     def record_cert(self, site_id: str, serial_hex: str, not_after: int, *, now: int) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO site_certs (serial_hex, site_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+                "INSERT INTO site_certs (serial_hex, site_id, issued_at, not_after)"
+                " VALUES (?, ?, ?, ?)",
                 (serial_hex, site_id, now, not_after),
             )
 
@@ -227,14 +236,14 @@ class CoordinatorStore:
                 "UPDATE site_certs SET revoked=1 WHERE serial_hex=?", [(s,) for s in serials]
             )
 
-
     # -- role bindings ---------------------------------------------------------------
 
     def roles_of(self, principal: str, *, now: int) -> list[str]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT role FROM role_bindings WHERE principal = ?"
-                " AND (not_before IS NULL OR not_before <= ?) AND (not_after IS NULL OR not_after > ?)",
+                " AND (not_before IS NULL OR not_before <= ?)"
+                " AND (not_after IS NULL OR not_after > ?)",
                 (principal, now, now),
             ).fetchall()
         return [r[0] for r in rows]

@@ -98,8 +98,10 @@ def run_demo(workspace: Path | None = None) -> int:
             bootstrap_federation(client, TRUST_DOMAIN)
             role_id, secret_id = approle_credentials(client)
             keys = KeyService(client)
-        console.print(f"[green]✓[/green] OpenBao at {vault.address}: PKI (root + intermediate, "
-                      "roles site/user/service), transit, KV, AppRole")
+        console.print(
+            f"[green]✓[/green] OpenBao at {vault.address}: PKI (root + intermediate, "
+            "roles site/user/service), transit, KV, AppRole"
+        )
 
         cdir = ws / "coordinator"
         cdir.mkdir(mode=0o700, exist_ok=True)
@@ -118,55 +120,95 @@ def run_demo(workspace: Path | None = None) -> int:
             "heartbeat_interval_ms = 1000\n"
         )
         with console.status("starting insitu-coordinator (AppRole login, service cert) …"):
-            procs.start("coordinator", [_bin("insitu-coordinator"), "serve", "--config",
-                                        str(cdir / "coordinator.toml")])
+            procs.start(
+                "coordinator",
+                [_bin("insitu-coordinator"), "serve", "--config", str(cdir / "coordinator.toml")],
+            )
             _wait(lambda: (cdir / "data" / "endpoints.json").exists(), 60, "coordinator")
-        console.print(f"[green]✓[/green] coordinator: mTLS 127.0.0.1:{listen}, "
-                      f"enrolment (token + server TLS) 127.0.0.1:{enrol}")
+        console.print(
+            f"[green]✓[/green] coordinator: mTLS 127.0.0.1:{listen}, "
+            f"enrolment (token + server TLS) 127.0.0.1:{enrol}"
+        )
 
         admin_dir = ws / "admin"
         bootstrap_admin(keys, TRUST_DOMAIN, "admin", admin_dir)
-        console.print("[green]✓[/green] federation_admin identity "
-                      f"spiffe://{TRUST_DOMAIN}/user/admin issued from Vault")
+        console.print(
+            "[green]✓[/green] federation_admin identity "
+            f"spiffe://{TRUST_DOMAIN}/user/admin issued from Vault"
+        )
         ca_file = admin_dir / "ca.pem"
-        admin = Client(f"127.0.0.1:{listen}", admin_dir / "cert.pem", admin_dir / "key.pem",
-                       ca_file, server_name=f"coordinator.{TRUST_DOMAIN}")
+        admin = Client(
+            f"127.0.0.1:{listen}",
+            admin_dir / "cert.pem",
+            admin_dir / "key.pem",
+            ca_file,
+            server_name=f"coordinator.{TRUST_DOMAIN}",
+        )
         _wait(lambda: admin.health() == "SERVING", 30, "coordinator health")
 
         for site in SITES:
             token = admin.create_join_token(site, 600)
             site_dir = ws / "sites" / site
             r = subprocess.run(
-                [_bin("insitu-site"), "enrol", "--coordinator", f"127.0.0.1:{listen}",
-                 "--enrol-address", f"127.0.0.1:{enrol}", "--ca-file", str(ca_file),
-                 "--site-dir", str(site_dir), "--site-id", site, "--trust-domain", TRUST_DOMAIN],
+                [
+                    _bin("insitu-site"),
+                    "enrol",
+                    "--coordinator",
+                    f"127.0.0.1:{listen}",
+                    "--enrol-address",
+                    f"127.0.0.1:{enrol}",
+                    "--ca-file",
+                    str(ca_file),
+                    "--site-dir",
+                    str(site_dir),
+                    "--site-id",
+                    site,
+                    "--trust-domain",
+                    TRUST_DOMAIN,
+                ],
                 env={**os.environ, "INSITU_JOIN_TOKEN": token.token},
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             if r.returncode != 0:
                 console.print(f"[red]enrolment of {site} failed:[/red] {r.stderr.strip()}")
                 return 1
-            console.print(f"[green]✓[/green] {site} enrolled with one-time token "
-                          f"{token.token_id} (key generated on site, mode 0600)")
-            procs.start(site, [_bin("insitu-site"), "run", "--site-dir", str(site_dir),
-                               "--heartbeat-ms", "1000"])
+            console.print(
+                f"[green]✓[/green] {site} enrolled with one-time token "
+                f"{token.token_id} (key generated on site, mode 0600)"
+            )
+            procs.start(
+                site,
+                [_bin("insitu-site"), "run", "--site-dir", str(site_dir), "--heartbeat-ms", "1000"],
+            )
 
         with console.status("waiting for the three sites to dial in …"):
-            _wait(lambda: sum(s.connected for s in admin.list_sites()) == len(SITES), 60,
-                  "sites to connect")
+            _wait(
+                lambda: sum(s.connected for s in admin.list_sites()) == len(SITES),
+                60,
+                "sites to connect",
+            )
         table = Table(title="federation demo.insitu", show_lines=False)
         for col in ("site", "SPIFFE id", "status", "session", "cert serial", "expires in"):
             table.add_column(col)
         now = time.time()
         for s in admin.list_sites():
-            table.add_row(s.site_id, s.spiffe_id, s.status,
-                          "[green]connected[/green]" if s.connected else "[red]down[/red]",
-                          s.cert_serial_hex[:16] + "…",
-                          f"{(s.cert_not_after_unix - now) / 3600:.1f} h")
+            table.add_row(
+                s.site_id,
+                s.spiffe_id,
+                s.status,
+                "[green]connected[/green]" if s.connected else "[red]down[/red]",
+                s.cert_serial_hex[:16] + "…",
+                f"{(s.cert_not_after_unix - now) / 3600:.1f} h",
+            )
         console.print(table)
         admin.close()
-        console.print("[bold green]demo complete[/bold green]: three sites connected over "
-                      "mutually authenticated TLS 1.3")
+        console.print(
+            "[bold green]demo complete[/bold green]: three sites connected over "
+            "mutually authenticated TLS 1.3"
+        )
         return 0
     except KeyboardInterrupt:
         interrupted = True

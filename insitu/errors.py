@@ -81,9 +81,7 @@ CATALOG: dict[ErrorCode, CatalogEntry] = {
     ErrorCode.FAILED_PRECONDITION: CatalogEntry(
         _S.FAILED_PRECONDITION, "failed precondition", True
     ),
-    ErrorCode.RESOURCE_EXHAUSTED: CatalogEntry(
-        _S.RESOURCE_EXHAUSTED, "resource exhausted", True
-    ),
+    ErrorCode.RESOURCE_EXHAUSTED: CatalogEntry(_S.RESOURCE_EXHAUSTED, "resource exhausted", True),
     ErrorCode.AUDIT_UNAVAILABLE: CatalogEntry(
         _S.UNAVAILABLE, "audit log unavailable; action refused", False
     ),

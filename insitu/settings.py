@@ -92,7 +92,9 @@ def load_settings(
             raise InsituError(ErrorCode.CONFIG, f"[{section}] must be a table")
         unknown = set(table) - fields
         if unknown:
-            raise InsituError(ErrorCode.CONFIG, f"unknown settings in [{section}]: {sorted(unknown)}")
+            raise InsituError(
+                ErrorCode.CONFIG, f"unknown settings in [{section}]: {sorted(unknown)}"
+            )
         values.update(table)
     environ = os.environ if env is None else env
     prefix = f"INSITU_{section.upper()}_"

@@ -38,6 +38,8 @@ def generate(dest: Path) -> None:
                 f"--python_out={raw}",
                 f"--pyi_out={raw}",
                 f"--grpc_python_out={raw}",
+                f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+                f"--mypy_grpc_out={raw}",
                 *protos,
             ]
         )
@@ -48,7 +50,18 @@ def generate(dest: Path) -> None:
         (dest / "v1" / "__init__.py").write_text(_HEADER)
         for f in sorted((Path(raw) / "insitu" / "v1").iterdir()):
             text = _IMPORT.sub("from insitu._proto.v1 import ", f.read_text())
+            if f.name.endswith("_grpc.pyi"):
+                # mypy-protobuf names modules by proto package; ours live under _proto.
+                text = re.sub(r"\binsitu\.v1\.(\w+_pb2)\b", r"insitu._proto.v1.\1", text)
             (dest / "v1" / f.name).write_text(text)
+
+
+def _plugin(name: str) -> str:
+    """mypy-protobuf's generator for typed gRPC stubs, next to this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise SystemExit(f"{name} not found next to {sys.executable}: install the dev extras")
+    return str(path)
 
 
 def main() -> int:

@@ -32,16 +32,25 @@ def enrol_cmd(
     ca_file: Annotated[Path, typer.Option(help="federation CA certificate (PEM)")],
     site_dir: Annotated[Path, typer.Option(help="this site's state folder")],
     site_id: Annotated[str, typer.Option()],
-    enrol_address: Annotated[str | None, typer.Option(
-        help="enrolment listener HOST:PORT (default: coordinator port + 1)")] = None,
+    enrol_address: Annotated[
+        str | None,
+        typer.Option(help="enrolment listener HOST:PORT (default: coordinator port + 1)"),
+    ] = None,
     trust_domain: Annotated[str, typer.Option()] = "demo.insitu",
 ) -> None:
     """Generate this site's key (0600, never sent) and exchange a CSR + token for a cert."""
     if enrol_address is None:
         host, _, port = coordinator.rpartition(":")
         enrol_address = f"{host}:{int(port) + 1}"
-    s = enrol(enrol_target=enrol_address, coordinator=coordinator, site_id=site_id, token=token,
-              ca_pem=ca_file.read_text(), site_dir=site_dir, trust_domain=trust_domain)
+    s = enrol(
+        enrol_target=enrol_address,
+        coordinator=coordinator,
+        site_id=site_id,
+        token=token,
+        ca_pem=ca_file.read_text(),
+        site_dir=site_dir,
+        trust_domain=trust_domain,
+    )
     print(f"enrolled {s.site_id}; identity in {s.tls_dir}")
 
 
@@ -53,8 +62,9 @@ def run(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Dial out to the coordinator and keep the session open until SIGTERM or Ctrl-C."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = load_site_settings(site_dir, heartbeat_interval_ms=heartbeat_ms)
     session = SiteSession(settings)
     signal.signal(signal.SIGTERM, lambda *_: session.stop())
@@ -63,7 +73,7 @@ def run(
     t.start()
     while t.is_alive():
         t.join(0.5)
-    if getattr(session, "refused", None):
+    if session.refused:
         err_console.print(f"[red]refused by the federation:[/red] {session.refused}")
         sys.exit(EXIT_REFUSED)
 
@@ -72,4 +82,4 @@ def _run(session: SiteSession) -> None:
     try:
         session.run()
     except SiteRefused as e:
-        session.refused = e.detail  # type: ignore[attr-defined]
+        session.refused = e.detail

@@ -24,8 +24,17 @@ from site_node.settings import SITE_FILE, SiteSettings
 __all__ = ["enrol"]
 
 
-def enrol(*, enrol_target: str, coordinator: str, site_id: str, token: str, ca_pem: str,
-          site_dir: Path, trust_domain: str, timeout_s: float = 30.0) -> SiteSettings:
+def enrol(
+    *,
+    enrol_target: str,
+    coordinator: str,
+    site_id: str,
+    token: str,
+    ca_pem: str,
+    site_dir: Path,
+    trust_domain: str,
+    timeout_s: float = 30.0,
+) -> SiteSettings:
     """Enrol this site and write ``site_dir`` (settings + tls/). Returns the settings."""
     validate_name(site_id, "site_id")
     key = generate_private_key()
@@ -48,8 +57,9 @@ def enrol(*, enrol_target: str, coordinator: str, site_id: str, token: str, ca_p
     if info.spiffe_id != expected:
         raise InsituError(ErrorCode.INTEGRITY, "issued certificate names another identity")
     creds = Credentials(key_to_pem(key), issued.cert_pem, issued.chain_pem, issued.ca_pem)
-    settings = SiteSettings(site_id=site_id, trust_domain=trust_domain,
-                            coordinator=coordinator, site_dir=site_dir)
+    settings = SiteSettings(
+        site_id=site_id, trust_domain=trust_domain, coordinator=coordinator, site_dir=site_dir
+    )
     site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     creds.save(settings.tls_dir)
     toml = settings_to_toml("site", settings).replace(f'site_dir = "{site_dir}"\n', "")

@@ -25,7 +25,7 @@ from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.server import secure_channel
 from site_node.settings import SiteSettings
 
-__all__ = ["SessionStatus", "SiteSession", "SiteRefused"]
+__all__ = ["SessionStatus", "SiteRefused", "SiteSession"]
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,13 @@ class _Stream:
         self._call: grpc.Future | None = None
 
     def _requests(self) -> Iterator[session_pb2.SiteMessage]:
-        yield session_pb2.SiteMessage(hello=session_pb2.Hello(
-            site_id=self.settings.site_id, software_version=SOFTWARE_VERSION,
-            replaces_session_id=self._replaces,
-        ))
+        yield session_pb2.SiteMessage(
+            hello=session_pb2.Hello(
+                site_id=self.settings.site_id,
+                software_version=SOFTWARE_VERSION,
+                replaces_session_id=self._replaces,
+            )
+        )
         while True:
             item = self._out.get()
             if item is None:
@@ -101,8 +104,11 @@ class _Stream:
             self.ended.set()
 
     def heartbeat(self, seq: int) -> None:
-        self._out.put(session_pb2.SiteMessage(heartbeat=session_pb2.Heartbeat(
-            seq=seq, sent_unix_ms=int(time.time() * 1000))))
+        self._out.put(
+            session_pb2.SiteMessage(
+                heartbeat=session_pb2.Heartbeat(seq=seq, sent_unix_ms=int(time.time() * 1000))
+            )
+        )
 
     def close(self) -> None:
         self._out.put(None)  # half-close: the coordinator ends the stream cleanly
@@ -118,6 +124,7 @@ class SiteSession:
     def __init__(self, settings: SiteSettings) -> None:
         self.settings = settings
         self.status = SessionStatus()
+        self.refused = ""  # why the federation refused us, once it has
         self._stop = threading.Event()
         self._hb_seq = 0
 
@@ -131,7 +138,7 @@ class SiteSession:
         tmp.replace(path)
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * (2 ** attempt))
+        cap = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * (2**attempt))
         return random.uniform(0, cap)  # full jitter: reconnect storms spread out
 
     def run(self) -> None:
@@ -248,6 +255,10 @@ class SiteSession:
         self.status.renewals += 1
         self.status.session_id = new.session_id
         self._write_status()
-        log.info("certificate renewed (serial %s); session %s replaces %s",
-                 self.status.cert_serial, new.session_id, old.session_id)
+        log.info(
+            "certificate renewed (serial %s); session %s replaces %s",
+            self.status.cert_serial,
+            new.session_id,
+            old.session_id,
+        )
         return new

@@ -34,6 +34,8 @@ class SiteSettings:
 
 def load_site_settings(site_dir: Path, **overrides: object) -> SiteSettings:
     return load_settings(
-        SiteSettings, "site", file=site_dir / SITE_FILE,
+        SiteSettings,
+        "site",
+        file=site_dir / SITE_FILE,
         overrides={"site_dir": str(site_dir), **overrides},
     )

@@ -34,7 +34,9 @@ def parse_duration(text: str) -> int:
     """'90s', '30m', '1h', '7d' → seconds."""
     m = _DURATION.fullmatch(text.strip())
     if not m or int(m.group(1)) <= 0:
-        raise InsituError(ErrorCode.INVALID_ARGUMENT, f"invalid duration {text!r}: use e.g. 90s, 30m, 1h, 7d")
+        raise InsituError(
+            ErrorCode.INVALID_ARGUMENT, f"invalid duration {text!r}: use e.g. 90s, 30m, 1h, 7d"
+        )
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -64,16 +66,23 @@ class ClientSettings:
     trust_domain: str = "demo.insitu"
 
 
-def connect(coordinator: str | None, identity: Path | None, trust_domain: str | None,
-            config: Path | None) -> Client:
+def connect(
+    coordinator: str | None, identity: Path | None, trust_domain: str | None, config: Path | None
+) -> Client:
     s = load_settings(
-        ClientSettings, "client", file=config,
-        overrides={"coordinator": coordinator, "identity": identity,
-                   "trust_domain": trust_domain},
+        ClientSettings,
+        "client",
+        file=config,
+        overrides={"coordinator": coordinator, "identity": identity, "trust_domain": trust_domain},
     )
     ident = s.identity.expanduser()
     for name in ("cert.pem", "key.pem", "ca.pem"):
         if not (ident / name).exists():
             raise InsituError(ErrorCode.CONFIG, f"identity folder {ident} lacks {name}")
-    return Client(s.coordinator, ident / "cert.pem", ident / "key.pem", ident / "ca.pem",
-                  server_name=f"coordinator.{s.trust_domain}")
+    return Client(
+        s.coordinator,
+        ident / "cert.pem",
+        ident / "key.pem",
+        ident / "ca.pem",
+        server_name=f"coordinator.{s.trust_domain}",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -18,8 +19,9 @@ from insitu.identity.admin_bootstrap import bootstrap_admin
 from insitu.identity.credentials import write_private_file
 from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation
 
-app = typer.Typer(help="insitu: federated learning where the data stays in situ.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="insitu: federated learning where the data stays in situ.", no_args_is_help=True
+)
 token_app = typer.Typer(help="One-time join tokens.", no_args_is_help=True)
 site_app = typer.Typer(help="The site registry.", no_args_is_help=True)
 admin_app = typer.Typer(help="Federation administration.", no_args_is_help=True)
@@ -41,37 +43,55 @@ Config = Annotated[Path | None, typer.Option(help="client settings TOML ([client
 def token_create(
     site: Annotated[str, typer.Option(help="site id the token is bound to")],
     ttl: Annotated[str, typer.Option(help="lifetime, e.g. 1h")] = "1h",
-    coordinator: Coordinator = None, identity: Identity = None,
-    trust_domain: TrustDomain = None, config: Config = None,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
 ) -> None:
     """Mint a one-time join token for SITE (printed once; only its hash is stored)."""
     seconds = parse_duration(ttl)
     with connect(coordinator, identity, trust_domain, config) as c:
         t = c.create_join_token(site, seconds)
-    console.print(f"[dim]token id {t.token_id} for site {t.site_id}, expires {t.expires_unix}[/dim]",
-                  highlight=False)
+    console.print(
+        f"[dim]token id {t.token_id} for site {t.site_id}, expires {t.expires_unix}[/dim]",
+        highlight=False,
+    )
     print(t.token)
 
 
 @site_app.command("list")
 @cli_errors
-def site_list(coordinator: Coordinator = None, identity: Identity = None,
-              trust_domain: TrustDomain = None, config: Config = None) -> None:
+def site_list(
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
     """List enrolled sites and whether each is connected."""
     with connect(coordinator, identity, trust_domain, config) as c:
         sites = c.list_sites()
     table = Table("site", "status", "connected", "cert serial", "cert expires (unix)")
     for s in sites:
-        table.add_row(s.site_id, s.status, "yes" if s.connected else "no", s.cert_serial_hex,
-                      str(s.cert_not_after_unix))
+        table.add_row(
+            s.site_id,
+            s.status,
+            "yes" if s.connected else "no",
+            s.cert_serial_hex,
+            str(s.cert_not_after_unix),
+        )
     console.print(table)
 
 
 @site_app.command("revoke")
 @cli_errors
-def site_revoke(site_id: str, reason: Annotated[str, typer.Option()] = "",
-                coordinator: Coordinator = None, identity: Identity = None,
-                trust_domain: TrustDomain = None, config: Config = None) -> None:
+def site_revoke(
+    site_id: str,
+    reason: Annotated[str, typer.Option()] = "",
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
     """Revoke every certificate of SITE_ID in Vault and end its sessions."""
     with connect(coordinator, identity, trust_domain, config) as c:
         site, n = c.revoke_site(site_id, reason)
@@ -117,10 +137,8 @@ def dev_vault(
         console.print(f"OpenBao dev server at {vault.address}; credentials in {out} (0600)")
         done = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             done.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         vault.stop()
 

@@ -103,8 +103,11 @@ def cert_info_from(cert: x509.Certificate) -> CertInfo:
     spiffe: SpiffeId | None = None
     with contextlib.suppress(x509.ExtensionNotFound):
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-                if u.startswith("spiffe://")]
+        uris = [
+            u
+            for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith("spiffe://")
+        ]
         # SPIFFE: exactly one SPIFFE URI SAN, otherwise the identity is ambiguous.
         if len(uris) == 1:
             with contextlib.suppress(InsituError):

@@ -21,7 +21,8 @@ __all__ = ["IdentityKind", "SpiffeId", "validate_name", "validate_trust_domain"]
 
 # Names are DNS-label-like so they can also appear in DNS SANs and file names.
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_TRUST_DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_TRUST_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 
 
 class IdentityKind(enum.Enum):
@@ -37,7 +38,8 @@ def validate_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InsituError(
             ErrorCode.INVALID_ARGUMENT,
-            f"{what} must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+            f"{what} must be 1-63 lowercase letters, digits or '-',"
+            " not starting or ending with '-'",
         )
     return name
 

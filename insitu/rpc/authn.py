@@ -23,7 +23,7 @@ from insitu.identity.principal import Principal, principal_var
 from insitu.rpc.chain import Call, Layer
 from insitu.rpc.revocation import RevocationList
 
-__all__ = ["AuthnLayer", "Authenticator"]
+__all__ = ["Authenticator", "AuthnLayer"]
 
 _CACHE_SIZE = 1024
 

@@ -15,7 +15,7 @@ from insitu.identity.principal import Principal
 from insitu.rpc.chain import Call, Layer
 from insitu.rpc.methods import MethodRule, Resource, rule_for
 
-__all__ = ["AuthzDecision", "AuthzLayer", "Authorizer"]
+__all__ = ["Authorizer", "AuthzDecision", "AuthzLayer"]
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,18 @@ def abort_with(call: Call, exc: BaseException) -> NoReturn:
     if isinstance(exc, InsituError):
         entry = CATALOG[exc.code]
         if exc.code.value == "internal":
-            log.error("internal error cid=%s method=%s: %s", call.correlation_id, call.method,
-                      exc.detail)
+            log.error(
+                "internal error cid=%s method=%s: %s", call.correlation_id, call.method, exc.detail
+            )
         context.set_trailing_metadata((("insitu-correlation-id", call.correlation_id),))
         context.abort(entry.status, exc.public_message())
-    log.exception("unhandled error cid=%s method=%s", call.correlation_id, call.method,
-                  exc_info=exc)
+    log.exception(
+        "unhandled error cid=%s method=%s", call.correlation_id, call.method, exc_info=exc
+    )
     context.set_trailing_metadata((("insitu-correlation-id", call.correlation_id),))
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error (correlation id {call.correlation_id})")
+    context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (correlation id {call.correlation_id})"
+    )
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -59,12 +59,8 @@ METHODS: dict[str, MethodRule] = {
     "/insitu.v1.Admin/RevokeSite": MethodRule("site.revoke", _USER, _site_of),
     "/insitu.v1.SiteApi/Predict": MethodRule("predict", _CALLERS, _model_of),
     "/insitu.v1.SiteApi/PredictStream": MethodRule("predict", _CALLERS, _model_of),
-    "/grpc.health.v1.Health/Check": MethodRule(
-        "health.check", _ANY, _federation, idempotent=True
-    ),
-    "/grpc.health.v1.Health/Watch": MethodRule(
-        "health.check", _ANY, _federation, idempotent=True
-    ),
+    "/grpc.health.v1.Health/Check": MethodRule("health.check", _ANY, _federation, idempotent=True),
+    "/grpc.health.v1.Health/Watch": MethodRule("health.check", _ANY, _federation, idempotent=True),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": MethodRule(
         "health.check", _ANY, _federation, idempotent=True
     ),

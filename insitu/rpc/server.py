@@ -46,7 +46,9 @@ KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def server_credentials(creds: Credentials, *, require_client_auth: bool = True) -> grpc.ServerCredentials:
+def server_credentials(
+    creds: Credentials, *, require_client_auth: bool = True
+) -> grpc.ServerCredentials:
     """TLS credentials for a listener; client certificates are required unless told not
     to (only the enrolment listener is told not to)."""
     return grpc.ssl_server_credentials(

@@ -42,18 +42,22 @@ def retry_service_config() -> str:
         if rule.idempotent:
             service, method = full.lstrip("/").split("/")
             names.append({"service": service, "method": method})
-    return json.dumps({
-        "methodConfig": [{
-            "name": names,
-            "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }]
-    })
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": names,
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,21 @@ class SiteInfo:
 
     @classmethod
     def from_proto(cls, s: admin_pb2.Site) -> SiteInfo:
-        status = {admin_pb2.SITE_STATUS_ENROLLED: "enrolled",
-                  admin_pb2.SITE_STATUS_REVOKED: "revoked"}.get(s.status, "unknown")
-        return cls(s.site_id, s.spiffe_id, status, s.connected, s.enrolled_unix,
-                   s.last_seen_unix, s.cert_serial_hex, s.cert_not_after_unix, s.session_id)
+        status = {
+            admin_pb2.SITE_STATUS_ENROLLED: "enrolled",
+            admin_pb2.SITE_STATUS_REVOKED: "revoked",
+        }.get(s.status, "unknown")
+        return cls(
+            s.site_id,
+            s.spiffe_id,
+            status,
+            s.connected,
+            s.enrolled_unix,
+            s.last_seen_unix,
+            s.cert_serial_hex,
+            s.cert_not_after_unix,
+            s.session_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,14 +112,27 @@ def load_credentials(cert: str | Path, key: str | Path, ca: str | Path) -> Crede
 class Client:
     """Synchronous client of the coordinator's mTLS API."""
 
-    def __init__(self, target: str, cert: str | Path, key: str | Path, ca: str | Path, *,
-                 server_name: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        target: str,
+        cert: str | Path,
+        key: str | Path,
+        ca: str | Path,
+        *,
+        server_name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         self._creds = load_credentials(cert, key, ca)
         self.timeout = timeout
         self._channel = secure_channel(
-            target, ca_pem=self._creds.ca_pem, creds=self._creds, server_name=server_name,
-            extra_options=[("grpc.service_config", retry_service_config()),
-                           ("grpc.enable_retries", 1)],
+            target,
+            ca_pem=self._creds.ca_pem,
+            creds=self._creds,
+            server_name=server_name,
+            extra_options=[
+                ("grpc.service_config", retry_service_config()),
+                ("grpc.enable_retries", 1),
+            ],
         )
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -137,8 +165,9 @@ class Client:
         r = self._call(self._admin.GetSite, admin_pb2.GetSiteRequest(site_id=site_id), timeout)
         return SiteInfo.from_proto(r)
 
-    def create_join_token(self, site_id: str, ttl_seconds: int = 3600, *,
-                          timeout: float | None = None) -> JoinToken:
+    def create_join_token(
+        self, site_id: str, ttl_seconds: int = 3600, *, timeout: float | None = None
+    ) -> JoinToken:
         r = self._call(
             self._admin.CreateJoinToken,
             admin_pb2.CreateJoinTokenRequest(site_id=site_id, ttl_seconds=ttl_seconds),
@@ -146,10 +175,12 @@ class Client:
         )
         return JoinToken(r.token, r.token_id, r.site_id, r.expires_unix)
 
-    def revoke_site(self, site_id: str, reason: str = "", *,
-                    timeout: float | None = None) -> tuple[SiteInfo, int]:
+    def revoke_site(
+        self, site_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> tuple[SiteInfo, int]:
         r = self._call(
-            self._admin.RevokeSite, admin_pb2.RevokeSiteRequest(site_id=site_id, reason=reason),
+            self._admin.RevokeSite,
+            admin_pb2.RevokeSiteRequest(site_id=site_id, reason=reason),
             timeout,
         )
         return SiteInfo.from_proto(r.site), r.revoked_certificates

@@ -26,16 +26,23 @@ def _ps() -> dict[int, str]:
 def _leftovers(before: dict[int, str], workspace: Path) -> list[str]:
     """Processes the demo started that are still alive: its workspace in their command
     line (coordinator, sites) or a new OpenBao server."""
-    return [args for pid, args in _ps().items()
-            if pid not in before and (str(workspace) in args or "bao server" in args)]
+    return [
+        args
+        for pid, args in _ps().items()
+        if pid not in before and (str(workspace) in args or "bao server" in args)
+    ]
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     before = _ps()
-    r = subprocess.run([str(BIN / "insitu"), "demo", "--workspace", str(ws)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "insitu"), "demo", "--workspace", str(ws)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "demo complete" in r.stdout
     for site in ("hospital-a", "hospital-b", "hospital-c"):
@@ -47,8 +54,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 def test_demo_cleans_up_on_ctrl_c(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     before = _ps()
-    p = subprocess.Popen([str(BIN / "insitu"), "demo", "--workspace", str(ws)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [str(BIN / "insitu"), "demo", "--workspace", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (ws / "sites").exists():
         time.sleep(0.2)

@@ -52,12 +52,19 @@ class RunningCoordinator:
 
     def admin(self) -> Client:
         d = self.admin_dir
-        return Client(self.target, d / "cert.pem", d / "key.pem", d / "ca.pem",
-                      server_name=self.settings.server_name)
+        return Client(
+            self.target,
+            d / "cert.pem",
+            d / "key.pem",
+            d / "ca.pem",
+            server_name=self.settings.server_name,
+        )
 
 
 @pytest.fixture
-def coordinator_settings(tmp_path: Path, trust_domain: str, dev_vault: object) -> CoordinatorSettings:
+def coordinator_settings(
+    tmp_path: Path, trust_domain: str, dev_vault: object
+) -> CoordinatorSettings:
     return CoordinatorSettings(
         trust_domain=trust_domain,
         data_dir=tmp_path / "coordinator",
@@ -91,8 +98,10 @@ def make_coordinator(
 
 
 @pytest.fixture
-def coord(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-          coordinator_settings: CoordinatorSettings) -> RunningCoordinator:
+def coord(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+) -> RunningCoordinator:
     return make_coordinator(coordinator_settings)
 
 
@@ -115,9 +124,15 @@ class RunningSite:
 def enrol_site(rc: RunningCoordinator, site_id: str, site_dir: Path) -> SiteSettings:
     with rc.admin() as admin:
         token = admin.create_join_token(site_id, 600)
-    return enrol(enrol_target=rc.enrol_target, coordinator=rc.target, site_id=site_id,
-                 token=token.token, ca_pem=rc.ca_pem, site_dir=site_dir,
-                 trust_domain=rc.settings.trust_domain)
+    return enrol(
+        enrol_target=rc.enrol_target,
+        coordinator=rc.target,
+        site_id=site_id,
+        token=token.token,
+        ca_pem=rc.ca_pem,
+        site_dir=site_dir,
+        trust_domain=rc.settings.trust_domain,
+    )
 
 
 @pytest.fixture
@@ -125,8 +140,9 @@ def run_site() -> Iterator[Callable[..., RunningSite]]:
     running: list[RunningSite] = []
 
     def start(site_dir: Path, **overrides: object) -> RunningSite:
-        settings = load_site_settings(site_dir, heartbeat_interval_ms=200,
-                                      backoff_initial_s=0.1, backoff_max_s=1.0)
+        settings = load_site_settings(
+            site_dir, heartbeat_interval_ms=200, backoff_initial_s=0.1, backoff_max_s=1.0
+        )
         settings = replace(settings, **overrides) if overrides else settings
         session = SiteSession(settings)
         errors: list[BaseException] = []

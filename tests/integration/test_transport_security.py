@@ -32,9 +32,12 @@ def _health(channel: grpc.Channel) -> None:
     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
 
-def _channel(rc: RunningCoordinator, creds: Credentials | None, ca_pem: str | None = None) -> grpc.Channel:
-    return secure_channel(rc.target, ca_pem=ca_pem or rc.ca_pem, creds=creds,
-                          server_name=rc.settings.server_name)
+def _channel(
+    rc: RunningCoordinator, creds: Credentials | None, ca_pem: str | None = None
+) -> grpc.Channel:
+    return secure_channel(
+        rc.target, ca_pem=ca_pem or rc.ca_pem, creds=creds, server_name=rc.settings.server_name
+    )
 
 
 def _issue(keys: KeyService, role: str, sid: SpiffeId, ttl: int) -> Credentials:
@@ -54,43 +57,54 @@ def test_client_without_certificate_is_refused(coord: RunningCoordinator) -> Non
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # refused in the handshake
 
 
-def test_certificate_from_foreign_ca_is_refused(coord: RunningCoordinator, trust_domain: str) -> None:
+def test_certificate_from_foreign_ca_is_refused(
+    coord: RunningCoordinator, trust_domain: str
+) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil root")])
     now = dt.datetime.now(dt.UTC)
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
     leaf_key = generate_private_key()
     sid = SpiffeId.user(trust_domain, "admin")  # claims a real-looking identity
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
-            .issuer_name(name).public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(sid.uri)]), False)
-            .sign(ca_key, hashes.SHA256()))
-    creds = Credentials(key_to_pem(leaf_key), leaf.public_bytes(serialization.Encoding.PEM).decode(),
-                        "", coord.ca_pem)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(sid.uri)]), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    creds = Credentials(
+        key_to_pem(leaf_key),
+        leaf.public_bytes(serialization.Encoding.PEM).decode(),
+        "",
+        coord.ca_pem,
+    )
     with _channel(coord, creds) as ch, pytest.raises(grpc.RpcError) as e:
         admin_pb2_grpc.AdminStub(ch).ListSites(admin_pb2.ListSitesRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_expired_certificate_is_refused(coord: RunningCoordinator, key_service: KeyService,
-                                        trust_domain: str) -> None:
+def test_expired_certificate_is_refused(
+    coord: RunningCoordinator, key_service: KeyService, trust_domain: str
+) -> None:
     creds = _issue(key_service, "user", SpiffeId.user(trust_domain, "shortlived"), ttl=2)
-    wait_for(lambda: dt.datetime.now(dt.UTC) > creds.info.not_after + dt.timedelta(seconds=1),
-             what="certificate expiry")
+    wait_for(
+        lambda: dt.datetime.now(dt.UTC) > creds.info.not_after + dt.timedelta(seconds=1),
+        what="certificate expiry",
+    )
     with _channel(coord, creds) as ch, pytest.raises(grpc.RpcError) as e:
         _health(ch)
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
 
 
-def test_revoked_site_is_refused_and_its_session_ends(coord: RunningCoordinator, tmp_path: Path,
-                                                      run_site) -> None:
+def test_revoked_site_is_refused_and_its_session_ends(
+    coord: RunningCoordinator, tmp_path: Path, run_site
+) -> None:
     s = enrol_site(coord, "hospital-r", tmp_path / "r")
     site = run_site(s.site_dir)
     wait_for(lambda: site.status().get("connected") is True, what="connected")
@@ -107,8 +121,9 @@ def test_revoked_site_is_refused_and_its_session_ends(coord: RunningCoordinator,
     assert "revoked" in (e.value.details() or "")
 
 
-def test_revocation_from_vault_crl_is_enforced(coord: RunningCoordinator, key_service: KeyService,
-                                               trust_domain: str) -> None:
+def test_revocation_from_vault_crl_is_enforced(
+    coord: RunningCoordinator, key_service: KeyService, trust_domain: str
+) -> None:
     """A certificate revoked in Vault directly (not through the coordinator) is refused
     once the CRL refreshes."""
     creds = _issue(key_service, "user", SpiffeId.user(trust_domain, "crl-user"), ttl=600)
@@ -123,20 +138,29 @@ def test_revocation_from_vault_crl_is_enforced(coord: RunningCoordinator, key_se
                 return False
             except grpc.RpcError as e:
                 return e.code() == grpc.StatusCode.UNAUTHENTICATED
+
     wait_for(refused, timeout=15, what="CRL refresh")
 
 
 def test_user_certificate_cannot_call_site_rpcs(coord: RunningCoordinator) -> None:
-    creds = Credentials.from_files(coord.admin_dir / "key.pem", coord.admin_dir / "cert.pem",
-                                   coord.admin_dir / "ca.pem", coord.admin_dir / "chain.pem")
+    creds = Credentials.from_files(
+        coord.admin_dir / "key.pem",
+        coord.admin_dir / "cert.pem",
+        coord.admin_dir / "ca.pem",
+        coord.admin_dir / "chain.pem",
+    )
     with _channel(coord, creds) as ch:
         stub = session_pb2_grpc.SiteSessionStub(ch)
         with pytest.raises(grpc.RpcError) as e:
             stub.Renew(session_pb2.RenewRequest(csr_pem="x"), timeout=5)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as e2:
-            list(stub.Connect(iter([session_pb2.SiteMessage(
-                hello=session_pb2.Hello(site_id="hospital-a"))]), timeout=5))
+            list(
+                stub.Connect(
+                    iter([session_pb2.SiteMessage(hello=session_pb2.Hello(site_id="hospital-a"))]),
+                    timeout=5,
+                )
+            )
         assert e2.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -154,26 +178,35 @@ def test_site_certificate_cannot_call_admin_rpcs(coord: RunningCoordinator, tmp_
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_user_without_admin_role_cannot_mint_tokens(coord: RunningCoordinator,
-                                                    key_service: KeyService, trust_domain: str) -> None:
+def test_user_without_admin_role_cannot_mint_tokens(
+    coord: RunningCoordinator, key_service: KeyService, trust_domain: str
+) -> None:
     creds = _issue(key_service, "user", SpiffeId.user(trust_domain, "mallory"), ttl=600)
     with _channel(coord, creds) as ch, pytest.raises(grpc.RpcError) as e:
         admin_pb2_grpc.AdminStub(ch).CreateJoinToken(
-            admin_pb2.CreateJoinTokenRequest(site_id="hospital-z", ttl_seconds=600), timeout=5)
+            admin_pb2.CreateJoinTokenRequest(site_id="hospital-z", ttl_seconds=600), timeout=5
+        )
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_site_cannot_open_session_as_another_site(coord: RunningCoordinator, tmp_path: Path) -> None:
+def test_site_cannot_open_session_as_another_site(
+    coord: RunningCoordinator, tmp_path: Path
+) -> None:
     s = enrol_site(coord, "hospital-m", tmp_path / "m")
     with _channel(coord, Credentials.load(s.tls_dir)) as ch, pytest.raises(grpc.RpcError) as e:
-        list(session_pb2_grpc.SiteSessionStub(ch).Connect(iter([session_pb2.SiteMessage(
-            hello=session_pb2.Hello(site_id="hospital-other"))]), timeout=5))
+        list(
+            session_pb2_grpc.SiteSessionStub(ch).Connect(
+                iter([session_pb2.SiteMessage(hello=session_pb2.Hello(site_id="hospital-other"))]),
+                timeout=5,
+            )
+        )
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_enrolment_listener_serves_only_enrol(coord: RunningCoordinator) -> None:
-    ch = secure_channel(coord.enrol_target, ca_pem=coord.ca_pem, creds=None,
-                        server_name=coord.settings.server_name)
+    ch = secure_channel(
+        coord.enrol_target, ca_pem=coord.ca_pem, creds=None, server_name=coord.settings.server_name
+    )
     with ch, pytest.raises(grpc.RpcError) as e:
         admin_pb2_grpc.AdminStub(ch).ListSites(admin_pb2.ListSitesRequest(), timeout=5)
     assert e.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED)

@@ -20,8 +20,9 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     f.write_text('[x]\nname = "file"\nport = 2\n')
     assert load_settings(S, "x", file=f, env={}) == S("file", 2)
     assert load_settings(S, "x", file=f, env={"INSITU_X_PORT": "3"}) == S("file", 3)
-    assert load_settings(S, "x", file=f, env={"INSITU_X_PORT": "3"},
-                         overrides={"port": 4, "on": True}) == S("file", 4, True)
+    assert load_settings(
+        S, "x", file=f, env={"INSITU_X_PORT": "3"}, overrides={"port": 4, "on": True}
+    ) == S("file", 4, True)
 
 
 def test_unknown_and_invalid_settings_are_errors(tmp_path: Path) -> None:

@@ -4,9 +4,13 @@ from pathlib import Path
 import pytest
 
 from insitu.errors import InsituError
-from insitu.identity.credentials import Credentials, write_private_file
+from insitu.identity.credentials import (
+    Credentials,
+    build_csr,
+    generate_private_key,
+    write_private_file,
+)
 from insitu.identity.csr import validate_csr
-from insitu.identity.credentials import build_csr, generate_private_key
 from insitu.identity.spiffe import SpiffeId
 
 
