@@ -1,69 +1,114 @@
-"""The coordinator's authorizer until Cedar policies (issue #4) take over: site
-identities act only on their own session; admin actions need a federation_admin
-role binding, held in the coordinator store or granted by `insitu admin bootstrap`
-through Vault KV (which only Vault-privileged operators can write)."""
+"""Cedar authorization at the coordinator: who holds which role (the role-binding store
+plus the bootstrap admin recorded in Vault KV), and the attribute-rich resources the
+policies reason about (jobs, models, sites). One :meth:`authorize` for the interceptor
+and for handlers' domain checks alike; policies are parsed once by the engine.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from coordinator.store import CoordinatorStore
+from insitu.authz import AuthzRequest, Decision, EntityRef, PolicyEngine, Resource, RoleBinding
+from insitu.errors import ErrorCode, InsituError
 from insitu.identity.admin_bootstrap import BOOTSTRAP_KV_PREFIX
 from insitu.identity.principal import Principal
 from insitu.identity.spiffe import IdentityKind
 from insitu.keys import KeyService
-from insitu.rpc.authz import AuthzDecision
-from insitu.rpc.methods import Resource
+from insitu.rpc.methods import Resource as MethodResource
 
-__all__ = ["RoleAuthorizer"]
+__all__ = ["CoordinatorAuthorizer", "ResourceResolver"]
 
-ADMIN_ACTIONS = frozenset({"token.create", "site.list", "site.get", "site.revoke"})
-SITE_ACTIONS = frozenset({"session.connect", "session.renew"})
-_CACHE_S = 5.0
+_CACHE_S = 2.0
+# Builds the policy resource for an action from (principal, bare resource, request).
+ResourceResolver = Callable[[Principal, MethodResource, Any], Resource | EntityRef]
 
 
-class RoleAuthorizer:
-    def __init__(self, store: CoordinatorStore, keys: KeyService) -> None:
+class CoordinatorAuthorizer:
+    def __init__(self, engine: PolicyEngine, store: CoordinatorStore, keys: KeyService) -> None:
+        self.engine = engine
         self.store = store
         self.keys = keys
+        self.resolvers: dict[str, ResourceResolver] = {}
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._cache: dict[str, tuple[float, tuple[RoleBinding, ...]]] = {}
+        self.on_bootstrap_seen: Callable[[str], None] | None = None
+        self._bootstraps_seen: set[str] = set()
 
-    def roles_of(self, principal: Principal) -> frozenset[str]:
-        key = principal.spiffe_id.uri
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def bindings(self, principal: Principal) -> tuple[RoleBinding, ...]:
+        uri = principal.spiffe_id.uri
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._cache.get(uri)
             if hit and now - hit[0] < _CACHE_S:
                 return hit[1]
-        roles = set(self.store.roles_of(key, now=int(time.time())))
+        out = [RoleBinding(r.principal, r.role, r.site or None, r.org or None,
+                           r.not_before, r.not_after)
+               for r in self.store.bindings_of(uri)]
         if principal.kind is IdentityKind.USER:
-            record = self.keys.kv_get(BOOTSTRAP_KV_PREFIX + principal.name)
-            if (
-                record
-                and record.get("spiffe_id") == key
-                and record.get("cert_serial") == f"{principal.cert_serial:x}"
-            ):
-                roles.add("federation_admin")
-        frozen = frozenset(roles)
+            rec = self.keys.kv_get(BOOTSTRAP_KV_PREFIX + principal.name)
+            if rec and rec.get("spiffe_id") == uri and \
+                    rec.get("cert_serial") == f"{principal.cert_serial:x}":
+                out.append(RoleBinding(uri, "federation_admin"))
+                if uri not in self._bootstraps_seen:
+                    self._bootstraps_seen.add(uri)
+                    if self.on_bootstrap_seen:
+                        self.on_bootstrap_seen(uri)
+        frozen = tuple(out)
         with self._lock:
-            self._cache[key] = (now, frozen)
+            self._cache[uri] = (now, frozen)
         return frozen
 
-    def authorize(
-        self, principal: Principal, action: str, resource: Resource, context: dict[str, Any]
-    ) -> AuthzDecision:
-        if action == "health.check":
-            return AuthzDecision(True, "any authenticated identity may check health")
-        if action in SITE_ACTIONS:
-            ok = principal.kind is IdentityKind.SITE
-            return AuthzDecision(ok, "site session" if ok else "only sites hold sessions")
-        if action in ADMIN_ACTIONS:
-            if principal.kind is not IdentityKind.USER:
-                return AuthzDecision(False, "admin actions need a user identity")
-            if "federation_admin" in self.roles_of(principal):
-                return AuthzDecision(True, "federation_admin")
-            return AuthzDecision(False, f"{action} needs the federation_admin role")
-        return AuthzDecision(False, f"no rule allows {action}")
+    def org_of(self, principal: Principal, role: str = "ml_engineer") -> str | None:
+        for b in self.bindings(principal):
+            if b.role == role and b.org:
+                return b.org
+        return None
+
+    def resolve(self, principal: Principal, action: str, resource: MethodResource,
+                request: Any) -> Resource | EntityRef:
+        resolver = self.resolvers.get(action)
+        if resolver is not None:
+            return resolver(principal, resource, request)
+        if action in ("session.connect", "session.renew"):
+            return EntityRef("Site", principal.name)
+        if resource.type == "Site":
+            return EntityRef("Site", resource.id or "-")
+        return EntityRef(resource.type, resource.id or resource.type.lower())
+
+    def authorize(self, principal: Principal, action: str, resource: MethodResource,
+                  context: dict[str, Any]) -> Decision:
+        try:
+            res = self.resolve(principal, action, resource, context.get("request"))
+        except InsituError as e:
+            if e.code is ErrorCode.NOT_FOUND:
+                raise
+            return _deny(e.detail)
+        ctx: dict[str, Any] = {"now": int(time.time())}
+        if context.get("emergency_access"):
+            ctx["emergency_access"] = True
+            ctx["reason"] = context.get("reason", "")
+        return self.engine.authorize(AuthzRequest(
+            principal=principal, bindings=self.bindings(principal), action=action,
+            resource=res, context=ctx,
+        ))
+
+    def check(self, principal: Principal, action: str, resource: Resource | EntityRef) -> bool:
+        """Domain check inside a handler (e.g. filtering a list)."""
+        d = self.engine.authorize(AuthzRequest(
+            principal=principal, bindings=self.bindings(principal), action=action,
+            resource=resource, context={"now": int(time.time())},
+        ))
+        return bool(d.allowed)
+
+
+def _deny(reason: str) -> Decision:
+    return Decision(allowed=False, policy_ids=(), policy_hash="", reasons=(reason,),
+                    errors=(), break_glass=False)

@@ -12,16 +12,28 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.authorization import RoleAuthorizer
-from coordinator.servicers import AdminServicer, EnrolmentServicer, SiteSessionServicer
+from coordinator.authorization import CoordinatorAuthorizer
+from coordinator.jobs import JobManager, JobSettings
+from coordinator.registry import ModelRegistry
+from coordinator.resources import install_resolvers
+from coordinator.servicers import (
+    AdminServicer,
+    EnrolmentServicer,
+    JobsServicer,
+    ModelsServicer,
+    SiteSessionServicer,
+)
 from coordinator.sessions import SessionRegistry
-from coordinator.settings import CoordinatorSettings
+from coordinator.settings import CoordinatorSettings, default_policy_dir
 from coordinator.store import CoordinatorStore
-from insitu._proto.v1 import admin_pb2_grpc, enrolment_pb2_grpc, session_pb2_grpc
+from insitu._proto.v1 import admin_pb2_grpc, enrolment_pb2_grpc, jobs_pb2_grpc, session_pb2_grpc
+from insitu.audit import AuditLog, SqliteAuditStore
+from insitu.authz import PolicyEngine
 from insitu.errors import ErrorCode, InsituError
 from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
 from insitu.identity.spiffe import SpiffeId
 from insitu.keys import KeyService
+from insitu.rpc.audit import RpcAuditor
 from insitu.rpc.authn import Authenticator
 from insitu.rpc.revocation import RevocationList
 from insitu.rpc.server import build_server, server_credentials
@@ -33,6 +45,19 @@ log = logging.getLogger(__name__)
 ENROL_METHOD = "/insitu.v1.Enrolment/Enrol"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 ENDPOINTS_FILE = "endpoints.json"
+AUDIT_KEY = "audit-signing"
+AUDIT_KEY_NAME = "insitu-audit"
+
+
+def open_audit_log(path: Path, origin: str, node: str, keys: KeyService,
+                   every_n: int = 1000, every_s: float = 60.0) -> AuditLog:
+    """An audit log whose checkpoints Vault transit signs (key ``audit-signing``)."""
+    return AuditLog(
+        SqliteAuditStore(path), origin=origin, node=node,
+        signer=lambda body: keys.sign(AUDIT_KEY, body), key_name=AUDIT_KEY_NAME,
+        public_key=keys.public_key(AUDIT_KEY), checkpoint_every_n=every_n,
+        checkpoint_every_s=every_s,
+    )
 
 
 def connect_vault(s: CoordinatorSettings) -> KeyService:
@@ -73,7 +98,26 @@ class Coordinator:
             )
         )
         self.authenticator = Authenticator(settings.trust_domain, self.revocation)
-        self.authorizer = RoleAuthorizer(self.store, self.keys)
+        self.policy_dir = settings.policy_dir or default_policy_dir()
+        self.engine = PolicyEngine.load_or_deny_all(self.policy_dir,
+                                                    trust_domain=settings.trust_domain)
+        self.authorizer = CoordinatorAuthorizer(self.engine, self.store, self.keys)
+        self.audit_log = open_audit_log(
+            self.data_dir / "audit.db", f"{settings.trust_domain}/coordinator",
+            "coordinator", self.keys, settings.audit_checkpoint_every_n,
+            settings.audit_checkpoint_every_s)
+        self.auditor = RpcAuditor(self.audit_log, "coordinator")
+        self.authorizer.on_bootstrap_seen = lambda uri: self.auditor.event(
+            "admin.bootstrap", "admin.bootstrap", ("User", uri),
+            attrs={"role": "federation_admin", "source": "vault-kv"})
+        self.registry = ModelRegistry(self.data_dir / "models", self.keys)
+        self.jobs = JobManager(
+            self.sessions, self.registry, self.data_dir, settings.trust_domain,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("Job", str(attrs.get("job_id", "-"))), attrs=attrs),
+            settings=JobSettings(approval_timeout_s=settings.job_approval_timeout_s),
+        )
+        install_resolvers(self.authorizer, self.jobs, self.registry)
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
         self.port = 0
@@ -119,7 +163,10 @@ class Coordinator:
         def register_main(server: grpc.Server) -> list[str]:
             session_pb2_grpc.add_SiteSessionServicer_to_server(SiteSessionServicer(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), server)
-            return ["insitu.v1.SiteSession", "insitu.v1.Admin"]
+            jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(self), server)
+            jobs_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self), server)
+            return ["insitu.v1.SiteSession", "insitu.v1.Admin", "insitu.v1.Jobs",
+                    "insitu.v1.Models"]
 
         def register_enrol(server: grpc.Server) -> list[str]:
             enrolment_pb2_grpc.add_EnrolmentServicer_to_server(EnrolmentServicer(self), server)
@@ -131,6 +178,7 @@ class Coordinator:
             authenticator=self.authenticator,
             authorizer=self.authorizer,
             register=register_main,
+            auditor=self.auditor,
         )
         # The one listener without client certificates: it serves only Enrol (+ health),
         # and Enrol authenticates by one-time join token.
@@ -140,6 +188,7 @@ class Coordinator:
             authenticator=self.authenticator,
             authorizer=None,
             register=register_enrol,
+            auditor=self.auditor,
             public_methods=frozenset({ENROL_METHOD, HEALTH_CHECK}),
             max_workers=8,
         )
@@ -160,11 +209,27 @@ class Coordinator:
             endpoints["enrol"],
         )
 
+    def reload_policy(self) -> tuple[str, str]:
+        """Atomic: a refused set raises, is audited, and the old set stays in force."""
+        try:
+            old, new = self.engine.reload(self.policy_dir)
+        except InsituError as e:
+            self.auditor.event("policy.reload", "policy.reload", ("Federation", "federation"),
+                               outcome="failure", reason="policy_invalid",
+                               attrs={"old_hash": self.engine.policy_hash,
+                                      "error": e.detail[:200]})
+            raise
+        self.auditor.event("policy.reload", "policy.reload", ("Federation", "federation"),
+                           attrs={"old_hash": old, "new_hash": new})
+        return old, new
+
     def stop(self, grace: float = 2.0) -> None:
         for s in self.sessions.all():
             s.close("coordinator shutting down")
         for srv in (self.server, self.enrol_server):
             if srv is not None:
                 srv.stop(grace).wait(grace + 1)
+        self.jobs.stop()
         self.revocation.stop()
+        self.audit_log.close()  # final checkpoint on shutdown
         self.store.close()

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from coordinator import admin, enrolment
+from coordinator import admin, enrolment, roles
+from coordinator.resources import job_record_resource, model_resource
 from coordinator.session_stream import serve_session
 from insitu._proto.v1 import (
     admin_pb2,
@@ -15,16 +16,25 @@ from insitu._proto.v1 import (
     enrolment_pb2,
     enrolment_pb2_grpc,
     identity_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
 )
+from insitu.errors import ErrorCode, InsituError
 from insitu.identity.principal import current_principal
 from insitu.rpc.chain import annotate
 
 if TYPE_CHECKING:
     from coordinator.server import Coordinator
 
-__all__ = ["AdminServicer", "EnrolmentServicer", "SiteSessionServicer"]
+__all__ = [
+    "AdminServicer",
+    "EnrolmentServicer",
+    "JobsServicer",
+    "ModelsServicer",
+    "SiteSessionServicer",
+]
 
 
 def _issued(e: enrolment.Enrolled) -> identity_pb2.IssuedCertificate:
@@ -72,7 +82,7 @@ class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):
             principal,
             self.c.sessions,
             self.c.store,
-            self.c.settings.heartbeat_interval_ms,
+            self.c.settings.heartbeat_interval_ms, on_message=self.c.jobs.on_site_message,
         )
 
     def Renew(
@@ -130,3 +140,91 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             request.reason,
         )
         return admin_pb2.RevokeSiteResponse(site=site, revoked_certificates=n)
+
+    def GrantRole(self, request: admin_pb2.RoleBinding,  # noqa: N802
+                  context: grpc.ServicerContext) -> admin_pb2.RoleBinding:
+        return roles.grant_role(self.c.store, self.c.authorizer, request,
+                                self.c.settings.trust_domain, current_principal().spiffe_id.uri)
+
+    def RevokeRole(self, request: admin_pb2.RoleBinding,  # noqa: N802
+                   context: grpc.ServicerContext) -> admin_pb2.RevokeRoleResponse:
+        removed = roles.revoke_role(self.c.store, self.c.authorizer, request,
+                                    self.c.settings.trust_domain)
+        return admin_pb2.RevokeRoleResponse(removed=removed)
+
+    def ListRoles(self, request: admin_pb2.ListRolesRequest,  # noqa: N802
+                  context: grpc.ServicerContext) -> admin_pb2.ListRolesResponse:
+        return admin_pb2.ListRolesResponse(bindings=roles.list_roles(self.c.store,
+                                                                     request.principal))
+
+    def ReloadPolicy(self, request: admin_pb2.ReloadPolicyRequest,  # noqa: N802
+                     context: grpc.ServicerContext) -> admin_pb2.ReloadPolicyResponse:
+        old, new = self.c.reload_policy()
+        return admin_pb2.ReloadPolicyResponse(old_hash=old, new_hash=new)
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    def SubmitJob(self, request: jobs_pb2.SubmitJobRequest,  # noqa: N802
+                  context: grpc.ServicerContext) -> jobs_pb2.Job:
+        p = current_principal()
+        job = self.c.jobs.submit(request, p.spiffe_id.uri, self.c.authorizer.org_of(p) or "")
+        annotate(job_id=job.job_id, code_sha256=job.code_sha256)
+        return job.to_proto()
+
+    def GetJob(self, request: jobs_pb2.GetJobRequest,  # noqa: N802
+               context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self.c.jobs.get(request.job_id).to_proto()
+
+    def WatchJob(self, request: jobs_pb2.GetJobRequest,  # noqa: N802
+                 context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
+        yield from self.c.jobs.watch(request.job_id)
+
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest,  # noqa: N802
+                 context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        p = current_principal()
+        visible = [j.to_proto() for j in self.c.jobs.list()
+                   if self.c.authorizer.check(p, "job.read", job_record_resource(j))]
+        return jobs_pb2.ListJobsResponse(jobs=visible)
+
+
+def _summary(m: dict[str, object]) -> jobs_pb2.ModelSummary:
+    lin = m.get("lineage") or {}
+    assert isinstance(lin, dict)
+    return jobs_pb2.ModelSummary(
+        name=str(m["name"]), version=str(m["version"]), owner=str(m["owner"]),
+        created_unix=int(str(m.get("created", 0))), sha256=str(m.get("state_sha256", "")),
+        lineage=jobs_pb2.ModelLineage(
+            job_id=str(lin.get("job_id", "")), code_sha256=str(lin.get("code_sha256", "")),
+            rounds=int(lin.get("rounds", 0)), sites=list(lin.get("sites", [])),
+            dataset_fingerprints=dict(lin.get("datasets", {})),
+            epsilon_spent=float(sum(dict(lin.get("epsilon_spent", {})).values())),
+            metrics={k: float(v) for k, v in dict(lin.get("metrics", {})).items()},
+            strategy=str(lin.get("strategy", ""))),
+    )
+
+
+class ModelsServicer(jobs_pb2_grpc.ModelsServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    def ListModels(self, request: jobs_pb2.ListModelsRequest,  # noqa: N802
+                   context: grpc.ServicerContext) -> jobs_pb2.ListModelsResponse:
+        p = current_principal()
+        return jobs_pb2.ListModelsResponse(models=[
+            _summary(m) for m in self.c.registry.list()
+            if self.c.authorizer.check(p, "model.read", model_resource(m))])
+
+    def GetModel(self, request: jobs_pb2.GetModelRequest,  # noqa: N802
+                 context: grpc.ServicerContext) -> jobs_pb2.ModelArtifact:
+        versions = [m for m in self.c.registry.list() if m["name"] == request.name]
+        if not versions:
+            raise InsituError(ErrorCode.NOT_FOUND, f"model {request.name} not found")
+        version = request.version or max(versions, key=lambda m: int(m["version"][1:]))["version"]
+        rec = self.c.registry.load(request.name, version)
+        annotate(model=request.name, version=version)
+        return jobs_pb2.ModelArtifact(
+            summary=_summary(rec.info), state=rec.state, onnx=rec.onnx, manifest=rec.manifest,
+            signature=rec.signature, key_version=rec.key_version)

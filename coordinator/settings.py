@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CoordinatorSettings"]
+__all__ = ["CoordinatorSettings", "default_policy_dir"]
+
+
+def default_policy_dir() -> Path:
+    """The federation policies shipped beside the package (policies/rbac)."""
+    return Path(__file__).resolve().parent.parent / "policies" / "rbac"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,11 @@ class CoordinatorSettings:
     crl_refresh_s: float = 15.0
     crl_max_stale_s: float = 300.0
     advertise_host: str = "127.0.0.1"
+    # Cedar policies (schema + *.cedar); an invalid set denies everything and says why.
+    policy_dir: Path | None = None
+    audit_checkpoint_every_n: int = 1000
+    audit_checkpoint_every_s: float = 60.0
+    job_approval_timeout_s: float = 60.0
 
     @property
     def server_name(self) -> str:

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from insitu.errors import ErrorCode, InsituError
 
-__all__ = ["CoordinatorStore", "IssuedCertRow", "JoinToken", "SiteRow", "hash_token"]
+__all__ = [
+    "BindingRow",
+    "CoordinatorStore",
+    "IssuedCertRow",
+    "JoinToken",
+    "SiteRow",
+    "hash_token",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS join_tokens (
@@ -82,6 +89,17 @@ class SiteRow:
     enrolled_at: int
     revoked_at: int | None
     revoke_reason: str | None
+
+
+@dataclass(frozen=True)
+class BindingRow:
+    principal: str
+    role: str
+    site: str
+    org: str
+    not_before: int | None
+    not_after: int | None
+    granted_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,15 +256,35 @@ class CoordinatorStore:
 
     # -- role bindings ---------------------------------------------------------------
 
-    def roles_of(self, principal: str, *, now: int) -> list[str]:
+    def grant(self, b: BindingRow, *, now: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO role_bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(principal, role, site, org) DO UPDATE SET"
+                " not_before=excluded.not_before, not_after=excluded.not_after,"
+                " granted_by=excluded.granted_by, granted_at=excluded.granted_at",
+                (b.principal, b.role, b.site, b.org, b.not_before, b.not_after,
+                 b.granted_by, now),
+            )
+
+    def revoke_binding(self, principal: str, role: str, site: str, org: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute(
+                "DELETE FROM role_bindings WHERE principal=? AND role=? AND site=? AND org=?",
+                (principal, role, site, org),
+            )
+            return cur.rowcount == 1
+
+    def bindings_of(self, principal: str | None) -> list[BindingRow]:
+        q = ("SELECT principal, role, site, org, not_before, not_after, granted_by"
+             " FROM role_bindings")
+        args: tuple[str, ...] = ()
+        if principal is not None:
+            q += " WHERE principal = ?"
+            args = (principal,)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT role FROM role_bindings WHERE principal = ?"
-                " AND (not_before IS NULL OR not_before <= ?)"
-                " AND (not_after IS NULL OR not_after > ?)",
-                (principal, now, now),
-            ).fetchall()
-        return [r[0] for r in rows]
+            rows = self._db.execute(q + " ORDER BY principal, role, site, org", args).fetchall()
+        return [BindingRow(*r) for r in rows]
 
 
 def now_s() -> int:

@@ -93,10 +93,15 @@ class AuthnLayer(Layer):
     """Sets the call's principal; methods in ``public_methods`` skip authentication."""
 
     def __init__(
-        self, authenticator: Authenticator, *, public_methods: frozenset[str] = frozenset()
+        self,
+        authenticator: Authenticator,
+        *,
+        public_methods: frozenset[str] = frozenset(),
+        on_failure: Callable[[Call, InsituError], None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.public_methods = public_methods
+        self.on_failure = on_failure
 
     def around(self, call: Call, proceed: Callable[[], Any]) -> Any:
         if call.method in self.public_methods:
@@ -117,7 +122,15 @@ class AuthnLayer(Layer):
             _reset(token)
 
     def _authenticate(self, call: Call) -> Principal:
-        principal = self.authenticator.from_context(call.context)
+        try:
+            principal = self.authenticator.from_context(call.context)
+        except InsituError as e:
+            if self.on_failure is not None:
+                try:
+                    self.on_failure(call, e)
+                except InsituError:
+                    pass  # refused either way
+            raise
         call.attributes["principal"] = principal
         return principal
 

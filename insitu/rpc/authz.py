@@ -24,22 +24,46 @@ class AuthzDecision:
     reason: str = ""
     policy_hash: str = ""
     policy_ids: tuple[str, ...] = ()
+    break_glass: bool = False
+
+
+class DecisionLike(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def policy_hash(self) -> str: ...
+    @property
+    def policy_ids(self) -> tuple[str, ...]: ...
+    @property
+    def break_glass(self) -> bool: ...
+
+
+class DenialRecorder(Protocol):
+    def record_call(self, call: Call, event: str, outcome: str, reason: str | None = None,
+                    *, break_glass: bool = False) -> None: ...
 
 
 class Authorizer(Protocol):
     def authorize(
         self, principal: Principal, action: str, resource: Resource, context: dict[str, Any]
-    ) -> AuthzDecision: ...
+    ) -> DecisionLike: ...
 
 
 class AuthzLayer(Layer):
     """Refuses calls the method table or the authorizer does not allow."""
 
     def __init__(
-        self, authorizer: Authorizer | None, *, public_methods: frozenset[str] = frozenset()
+        self,
+        authorizer: Authorizer | None,
+        *,
+        public_methods: frozenset[str] = frozenset(),
+        recorder: DenialRecorder | None = None,
     ) -> None:
         self.authorizer = authorizer
         self.public_methods = public_methods
+        self.recorder = recorder
 
     def around(self, call: Call, proceed: Callable[[], Any]) -> Any:
         rule = rule_for(call.method)
@@ -56,17 +80,42 @@ class AuthzLayer(Layer):
         # Client-streaming calls have no single request message to read a resource from.
         resource = rule.resource(call.request if _is_msg(call.request) else None)
         call.attributes["resource"] = resource
+        decision: DecisionLike
         if principal.kind not in rule.kinds:
             decision = AuthzDecision(
                 False, f"{principal.kind.value} identities may not call {rule.action}"
             )
-        elif self.authorizer is None:
-            decision = AuthzDecision(True, "transport rule")
+        elif self.authorizer is None or rule.per_item:
+            decision = AuthzDecision(True, "transport rule; items are authorized one by one")
         else:
-            decision = self.authorizer.authorize(principal, rule.action, resource, {})
+            context: dict[str, Any] = {"request": call.request if _is_msg(call.request) else None}
+            context.update(_break_glass(call))
+            decision = self.authorizer.authorize(principal, rule.action, resource, context)
         call.attributes["authz"] = decision
+        if decision.break_glass and self.recorder is not None:
+            # Break-glass is always loudly audited, allowed or not, and must be durable.
+            self.recorder.record_call(call, "break_glass",
+                                      "success" if decision.allowed else "denied",
+                                      "emergency_access", break_glass=True)
         if not decision.allowed:
+            if self.recorder is not None:
+                try:
+                    self.recorder.record_call(call, "authz.decision", "denied", "policy")
+                except InsituError:
+                    pass  # the call is refused either way
             raise InsituError(ErrorCode.PERMISSION_DENIED, decision.reason or rule.action)
+
+
+EMERGENCY_HEADER = "insitu-emergency-access"
+REASON_HEADER = "insitu-emergency-reason"
+
+
+def _break_glass(call: Call) -> dict[str, Any]:
+    """Break-glass is asked for explicitly, per call, with a reason (gRPC metadata)."""
+    md = dict(call.context.invocation_metadata() or ())
+    if str(md.get(EMERGENCY_HEADER, "")).lower() != "true":
+        return {}
+    return {"emergency_access": True, "reason": str(md.get(REASON_HEADER, ""))[:512]}
 
 
 def _is_msg(obj: Any) -> bool:

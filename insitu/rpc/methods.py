@@ -32,7 +32,15 @@ def _site_of(req: Any) -> Resource:
 
 
 def _model_of(req: Any) -> Resource:
-    return Resource("Model", getattr(req, "model", "") or "")
+    return Resource("Model", getattr(req, "model", "") or getattr(req, "name", "") or "")
+
+
+def _job_of(req: Any) -> Resource:
+    return Resource("Job", getattr(req, "job_id", "") or "")
+
+
+def _binding_of(req: Any) -> Resource:
+    return Resource("RoleBinding", getattr(req, "principal", "") or "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,9 @@ class MethodRule:
     resource: Callable[[Any], Resource]
     idempotent: bool = False
     public: bool = False  # reachable without a client certificate (enrolment listener only)
+    # The handler authorizes each returned item itself (list calls); the interceptor then
+    # checks only the transport rule.
+    per_item: bool = False
 
 
 _SITE = frozenset({IdentityKind.SITE})
@@ -57,6 +68,20 @@ METHODS: dict[str, MethodRule] = {
     "/insitu.v1.Admin/ListSites": MethodRule("site.list", _USER, _federation, idempotent=True),
     "/insitu.v1.Admin/GetSite": MethodRule("site.get", _USER, _site_of, idempotent=True),
     "/insitu.v1.Admin/RevokeSite": MethodRule("site.revoke", _USER, _site_of),
+    "/insitu.v1.Admin/GrantRole": MethodRule("role.grant", _USER, _binding_of),
+    "/insitu.v1.Admin/RevokeRole": MethodRule("role.revoke", _USER, _binding_of),
+    "/insitu.v1.Admin/ListRoles": MethodRule("role.list", _USER, _federation, idempotent=True),
+    "/insitu.v1.Admin/ReloadPolicy": MethodRule("policy.reload", _USER, _federation),
+    "/insitu.v1.Jobs/SubmitJob": MethodRule("job.submit", _USER, _job_of),
+    "/insitu.v1.Jobs/GetJob": MethodRule("job.read", _USER, _job_of, idempotent=True),
+    "/insitu.v1.Jobs/WatchJob": MethodRule("job.read", _USER, _job_of, idempotent=True),
+    "/insitu.v1.Jobs/ListJobs": MethodRule(
+        "job.read", _USER, _federation, idempotent=True, per_item=True
+    ),
+    "/insitu.v1.Models/ListModels": MethodRule(
+        "model.read", _CALLERS, _federation, idempotent=True, per_item=True
+    ),
+    "/insitu.v1.Models/GetModel": MethodRule("model.read", _CALLERS, _model_of, idempotent=True),
     "/insitu.v1.SiteApi/Predict": MethodRule("predict", _CALLERS, _model_of),
     "/insitu.v1.SiteApi/PredictStream": MethodRule("predict", _CALLERS, _model_of),
     "/grpc.health.v1.Health/Check": MethodRule("health.check", _ANY, _federation, idempotent=True),

@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha import reflection
 from insitu.identity.credentials import Credentials
 from insitu.rpc.authn import Authenticator, AuthnLayer
 from insitu.rpc.authz import Authorizer, AuthzLayer
-from insitu.rpc.chain import Layer, LayerInterceptor
+from insitu.errors import InsituError
+from insitu.rpc.audit import AuditLayer, RpcAuditor
+from insitu.rpc.chain import Call, Layer, LayerInterceptor
 from insitu.rpc.errors import ErrorLayer
 from insitu.rpc.methods import METHODS
 
@@ -65,7 +67,7 @@ def build_server(
     authenticator: Authenticator,
     authorizer: Authorizer | None,
     register: Callable[[grpc.Server], Iterable[str]],
-    audit_layer: Layer | None = None,
+    auditor: RpcAuditor | None = None,
     public_methods: frozenset[str] = frozenset(),
     max_workers: int = 64,
     extra_layers: Sequence[Layer] = (),
@@ -75,10 +77,17 @@ def build_server(
     ``register`` adds the servicers and returns their full service names (for health and
     reflection). Returns the server, the bound port, and the health servicer.
     """
-    layers: list[Layer] = [ErrorLayer(), AuthnLayer(authenticator, public_methods=public_methods)]
-    layers.append(AuthzLayer(authorizer, public_methods=public_methods))
-    if audit_layer is not None:
-        layers.append(audit_layer)
+    on_authn_failure = None
+    if auditor is not None:
+        def on_authn_failure(call: Call, e: InsituError) -> None:
+            auditor.record_call(call, "authn.failure", "denied", e.code.value)
+    layers: list[Layer] = [
+        ErrorLayer(),
+        AuthnLayer(authenticator, public_methods=public_methods, on_failure=on_authn_failure),
+        AuthzLayer(authorizer, public_methods=public_methods, recorder=auditor),
+    ]
+    if auditor is not None:
+        layers.append(AuditLayer(auditor))
     layers.extend(extra_layers)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,13 +24,16 @@ def _ps() -> dict[int, str]:
     return procs
 
 
-def _leftovers(before: dict[int, str], workspace: Path) -> list[str]:
+def _leftovers(before: dict[int, str], workspace: Path, output: str) -> list[str]:
     """Processes the demo started that are still alive: its workspace in their command
-    line (coordinator, sites) or a new OpenBao server."""
+    line (coordinator, sites) or its OpenBao server (found by the address it printed;
+    other tests may run their own OpenBao meanwhile)."""
+    m = re.search(r"OpenBao at http://(127\.0\.0\.1:\d+)", output)
+    bao = m.group(1) if m else "\0"
     return [
         args
         for pid, args in _ps().items()
-        if pid not in before and (str(workspace) in args or "bao server" in args)
+        if pid not in before and (str(workspace) in args or bao in args)
     ]
 
 
@@ -47,7 +51,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "demo complete" in r.stdout
     for site in ("hospital-a", "hospital-b", "hospital-c"):
         assert site in r.stdout
-    assert _leftovers(before, ws) == []
+    assert _leftovers(before, ws, r.stdout) == []
 
 
 @pytest.mark.slow
@@ -69,4 +73,4 @@ def test_demo_cleans_up_on_ctrl_c(tmp_path: Path) -> None:
     assert p.returncode != 0
     assert "all processes stopped" in out
     time.sleep(0.5)
-    assert _leftovers(before, ws) == []
+    assert _leftovers(before, ws, out) == []

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from insitu._proto.v1 import admin_pb2, enrolment_pb2, session_pb2, site_pb2
+from insitu._proto.v1 import admin_pb2, enrolment_pb2, jobs_pb2, session_pb2, site_pb2
 from insitu.rpc.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def test_generated_stubs_are_current() -> None:
 
 def test_every_rpc_has_a_method_rule() -> None:
     declared = set()
-    for mod in (admin_pb2, enrolment_pb2, session_pb2, site_pb2):
+    for mod in (admin_pb2, enrolment_pb2, jobs_pb2, session_pb2, site_pb2):
         for service in mod.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 declared.add(f"/{service.full_name}/{m.name}")

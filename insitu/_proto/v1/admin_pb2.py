@@ -24,31 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15insitu/v1/admin.proto\x12\tinsitu.v1\">\n\x16\x43reateJoinTokenRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"a\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x04 \x01(\x03\"\xdd\x01\n\x04Site\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.insitu.v1.SiteStatus\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x15\n\renrolled_unix\x18\x05 \x01(\x03\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x03\x12\x17\n\x0f\x63\x65rt_serial_hex\x18\x07 \x01(\t\x12\x1b\n\x13\x63\x65rt_not_after_unix\x18\x08 \x01(\x03\x12\x12\n\nsession_id\x18\t \x01(\t\"\x12\n\x10ListSitesRequest\"3\n\x11ListSitesResponse\x12\x1e\n\x05sites\x18\x01 \x03(\x0b\x32\x0f.insitu.v1.Site\"!\n\x0eGetSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"4\n\x11RevokeSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x12RevokeSiteResponse\x12\x1d\n\x04site\x18\x01 \x01(\x0b\x32\x0f.insitu.v1.Site\x12\x1c\n\x14revoked_certificates\x18\x02 \x01(\x05*\\\n\nSiteStatus\x12\x1b\n\x17SITE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SITE_STATUS_ENROLLED\x10\x01\x12\x17\n\x13SITE_STATUS_REVOKED\x10\x02\x32\xab\x02\n\x05\x41\x64min\x12X\n\x0f\x43reateJoinToken\x12!.insitu.v1.CreateJoinTokenRequest\x1a\".insitu.v1.CreateJoinTokenResponse\x12\x46\n\tListSites\x12\x1b.insitu.v1.ListSitesRequest\x1a\x1c.insitu.v1.ListSitesResponse\x12\x35\n\x07GetSite\x12\x19.insitu.v1.GetSiteRequest\x1a\x0f.insitu.v1.Site\x12I\n\nRevokeSite\x12\x1c.insitu.v1.RevokeSiteRequest\x1a\x1d.insitu.v1.RevokeSiteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15insitu/v1/admin.proto\x12\tinsitu.v1\"\x8e\x01\n\x0bRoleBinding\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12\x0b\n\x03org\x18\x04 \x01(\t\x12\x17\n\x0fnot_before_unix\x18\x05 \x01(\x03\x12\x16\n\x0enot_after_unix\x18\x06 \x01(\x03\x12\x12\n\ngranted_by\x18\x07 \x01(\t\"%\n\x12RevokeRoleResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"%\n\x10ListRolesRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\"=\n\x11ListRolesResponse\x12(\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x16.insitu.v1.RoleBinding\"\x15\n\x13ReloadPolicyRequest\":\n\x14ReloadPolicyResponse\x12\x10\n\x08old_hash\x18\x01 \x01(\t\x12\x10\n\x08new_hash\x18\x02 \x01(\t\">\n\x16\x43reateJoinTokenRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"a\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x04 \x01(\x03\"\xdd\x01\n\x04Site\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.insitu.v1.SiteStatus\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x15\n\renrolled_unix\x18\x05 \x01(\x03\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x03\x12\x17\n\x0f\x63\x65rt_serial_hex\x18\x07 \x01(\t\x12\x1b\n\x13\x63\x65rt_not_after_unix\x18\x08 \x01(\x03\x12\x12\n\nsession_id\x18\t \x01(\t\"\x12\n\x10ListSitesRequest\"3\n\x11ListSitesResponse\x12\x1e\n\x05sites\x18\x01 \x03(\x0b\x32\x0f.insitu.v1.Site\"!\n\x0eGetSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"4\n\x11RevokeSiteRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x12RevokeSiteResponse\x12\x1d\n\x04site\x18\x01 \x01(\x0b\x32\x0f.insitu.v1.Site\x12\x1c\n\x14revoked_certificates\x18\x02 \x01(\x05*\\\n\nSiteStatus\x12\x1b\n\x17SITE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SITE_STATUS_ENROLLED\x10\x01\x12\x17\n\x13SITE_STATUS_REVOKED\x10\x02\x32\xc6\x04\n\x05\x41\x64min\x12X\n\x0f\x43reateJoinToken\x12!.insitu.v1.CreateJoinTokenRequest\x1a\".insitu.v1.CreateJoinTokenResponse\x12\x46\n\tListSites\x12\x1b.insitu.v1.ListSitesRequest\x1a\x1c.insitu.v1.ListSitesResponse\x12\x35\n\x07GetSite\x12\x19.insitu.v1.GetSiteRequest\x1a\x0f.insitu.v1.Site\x12I\n\nRevokeSite\x12\x1c.insitu.v1.RevokeSiteRequest\x1a\x1d.insitu.v1.RevokeSiteResponse\x12;\n\tGrantRole\x12\x16.insitu.v1.RoleBinding\x1a\x16.insitu.v1.RoleBinding\x12\x43\n\nRevokeRole\x12\x16.insitu.v1.RoleBinding\x1a\x1d.insitu.v1.RevokeRoleResponse\x12\x46\n\tListRoles\x12\x1b.insitu.v1.ListRolesRequest\x1a\x1c.insitu.v1.ListRolesResponse\x12O\n\x0cReloadPolicy\x12\x1e.insitu.v1.ReloadPolicyRequest\x1a\x1f.insitu.v1.ReloadPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'insitu.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SITESTATUS']._serialized_start=668
-  _globals['_SITESTATUS']._serialized_end=760
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=36
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=98
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=100
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=197
-  _globals['_SITE']._serialized_start=200
-  _globals['_SITE']._serialized_end=421
-  _globals['_LISTSITESREQUEST']._serialized_start=423
-  _globals['_LISTSITESREQUEST']._serialized_end=441
-  _globals['_LISTSITESRESPONSE']._serialized_start=443
-  _globals['_LISTSITESRESPONSE']._serialized_end=494
-  _globals['_GETSITEREQUEST']._serialized_start=496
-  _globals['_GETSITEREQUEST']._serialized_end=529
-  _globals['_REVOKESITEREQUEST']._serialized_start=531
-  _globals['_REVOKESITEREQUEST']._serialized_end=583
-  _globals['_REVOKESITERESPONSE']._serialized_start=585
-  _globals['_REVOKESITERESPONSE']._serialized_end=666
-  _globals['_ADMIN']._serialized_start=763
-  _globals['_ADMIN']._serialized_end=1062
+  _globals['_SITESTATUS']._serialized_start=1037
+  _globals['_SITESTATUS']._serialized_end=1129
+  _globals['_ROLEBINDING']._serialized_start=37
+  _globals['_ROLEBINDING']._serialized_end=179
+  _globals['_REVOKEROLERESPONSE']._serialized_start=181
+  _globals['_REVOKEROLERESPONSE']._serialized_end=218
+  _globals['_LISTROLESREQUEST']._serialized_start=220
+  _globals['_LISTROLESREQUEST']._serialized_end=257
+  _globals['_LISTROLESRESPONSE']._serialized_start=259
+  _globals['_LISTROLESRESPONSE']._serialized_end=320
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=322
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=343
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=345
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=403
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=405
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=467
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=469
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=566
+  _globals['_SITE']._serialized_start=569
+  _globals['_SITE']._serialized_end=790
+  _globals['_LISTSITESREQUEST']._serialized_start=792
+  _globals['_LISTSITESREQUEST']._serialized_end=810
+  _globals['_LISTSITESRESPONSE']._serialized_start=812
+  _globals['_LISTSITESRESPONSE']._serialized_end=863
+  _globals['_GETSITEREQUEST']._serialized_start=865
+  _globals['_GETSITEREQUEST']._serialized_end=898
+  _globals['_REVOKESITEREQUEST']._serialized_start=900
+  _globals['_REVOKESITEREQUEST']._serialized_end=952
+  _globals['_REVOKESITERESPONSE']._serialized_start=954
+  _globals['_REVOKESITERESPONSE']._serialized_end=1035
+  _globals['_ADMIN']._serialized_start=1132
+  _globals['_ADMIN']._serialized_end=1714
 # @@protoc_insertion_point(module_scope)

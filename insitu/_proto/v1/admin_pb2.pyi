@@ -16,6 +16,54 @@ SITE_STATUS_UNSPECIFIED: SiteStatus
 SITE_STATUS_ENROLLED: SiteStatus
 SITE_STATUS_REVOKED: SiteStatus
 
+class RoleBinding(_message.Message):
+    __slots__ = ("principal", "role", "site", "org", "not_before_unix", "not_after_unix", "granted_by")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_BY_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    role: str
+    site: str
+    org: str
+    not_before_unix: int
+    not_after_unix: int
+    granted_by: str
+    def __init__(self, principal: _Optional[str] = ..., role: _Optional[str] = ..., site: _Optional[str] = ..., org: _Optional[str] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., granted_by: _Optional[str] = ...) -> None: ...
+
+class RevokeRoleResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListRolesRequest(_message.Message):
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+
+class ListRolesResponse(_message.Message):
+    __slots__ = ("bindings",)
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
+    def __init__(self, bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("old_hash", "new_hash")
+    OLD_HASH_FIELD_NUMBER: _ClassVar[int]
+    NEW_HASH_FIELD_NUMBER: _ClassVar[int]
+    old_hash: str
+    new_hash: str
+    def __init__(self, old_hash: _Optional[str] = ..., new_hash: _Optional[str] = ...) -> None: ...
+
 class CreateJoinTokenRequest(_message.Message):
     __slots__ = ("site_id", "ttl_seconds")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]

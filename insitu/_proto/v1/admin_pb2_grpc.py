@@ -54,6 +54,26 @@ class AdminStub:
                 request_serializer=insitu_dot_v1_dot_admin__pb2.RevokeSiteRequest.SerializeToString,
                 response_deserializer=insitu_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
                 _registered_method=True)
+        self.GrantRole = channel.unary_unary(
+                '/insitu.v1.Admin/GrantRole',
+                request_serializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.FromString,
+                _registered_method=True)
+        self.RevokeRole = channel.unary_unary(
+                '/insitu.v1.Admin/RevokeRole',
+                request_serializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_admin__pb2.RevokeRoleResponse.FromString,
+                _registered_method=True)
+        self.ListRoles = channel.unary_unary(
+                '/insitu.v1.Admin/ListRoles',
+                request_serializer=insitu_dot_v1_dot_admin__pb2.ListRolesRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_admin__pb2.ListRolesResponse.FromString,
+                _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/insitu.v1.Admin/ReloadPolicy',
+                request_serializer=insitu_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -83,6 +103,31 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadPolicy(self, request, context):
+        """Re-reads the federation's Cedar policies atomically; a bad set leaves the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +150,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeSite,
                     request_deserializer=insitu_dot_v1_dot_admin__pb2.RevokeSiteRequest.FromString,
                     response_serializer=insitu_dot_v1_dot_admin__pb2.RevokeSiteResponse.SerializeToString,
+            ),
+            'GrantRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantRole,
+                    request_deserializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.FromString,
+                    response_serializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+            ),
+            'RevokeRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRole,
+                    request_deserializer=insitu_dot_v1_dot_admin__pb2.RoleBinding.FromString,
+                    response_serializer=insitu_dot_v1_dot_admin__pb2.RevokeRoleResponse.SerializeToString,
+            ),
+            'ListRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoles,
+                    request_deserializer=insitu_dot_v1_dot_admin__pb2.ListRolesRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_admin__pb2.ListRolesResponse.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=insitu_dot_v1_dot_admin__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_admin__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +280,114 @@ class Admin:
             '/insitu.v1.Admin/RevokeSite',
             insitu_dot_v1_dot_admin__pb2.RevokeSiteRequest.SerializeToString,
             insitu_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Admin/GrantRole',
+            insitu_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+            insitu_dot_v1_dot_admin__pb2.RoleBinding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Admin/RevokeRole',
+            insitu_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+            insitu_dot_v1_dot_admin__pb2.RevokeRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Admin/ListRoles',
+            insitu_dot_v1_dot_admin__pb2.ListRolesRequest.SerializeToString,
+            insitu_dot_v1_dot_admin__pb2.ListRolesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Admin/ReloadPolicy',
+            insitu_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
+            insitu_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,27 @@ class AdminStub:
         insitu._proto.v1.admin_pb2.RevokeSiteResponse,
     ]
 
+    GrantRole: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.RoleBinding,
+        insitu._proto.v1.admin_pb2.RoleBinding,
+    ]
+
+    RevokeRole: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.RoleBinding,
+        insitu._proto.v1.admin_pb2.RevokeRoleResponse,
+    ]
+
+    ListRoles: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.ListRolesRequest,
+        insitu._proto.v1.admin_pb2.ListRolesResponse,
+    ]
+
+    ReloadPolicy: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.ReloadPolicyRequest,
+        insitu._proto.v1.admin_pb2.ReloadPolicyResponse,
+    ]
+    """Re-reads the federation's Cedar policies atomically; a bad set leaves the old one."""
+
 class AdminAsyncStub:
     CreateJoinToken: grpc.aio.UnaryUnaryMultiCallable[
         insitu._proto.v1.admin_pb2.CreateJoinTokenRequest,
@@ -61,6 +82,27 @@ class AdminAsyncStub:
         insitu._proto.v1.admin_pb2.RevokeSiteRequest,
         insitu._proto.v1.admin_pb2.RevokeSiteResponse,
     ]
+
+    GrantRole: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.RoleBinding,
+        insitu._proto.v1.admin_pb2.RoleBinding,
+    ]
+
+    RevokeRole: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.RoleBinding,
+        insitu._proto.v1.admin_pb2.RevokeRoleResponse,
+    ]
+
+    ListRoles: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.ListRolesRequest,
+        insitu._proto.v1.admin_pb2.ListRolesResponse,
+    ]
+
+    ReloadPolicy: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.admin_pb2.ReloadPolicyRequest,
+        insitu._proto.v1.admin_pb2.ReloadPolicyResponse,
+    ]
+    """Re-reads the federation's Cedar policies atomically; a bad set leaves the old one."""
 
 class AdminServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -90,5 +132,34 @@ class AdminServicer(metaclass=abc.ABCMeta):
         request: insitu._proto.v1.admin_pb2.RevokeSiteRequest,
         context: _ServicerContext,
     ) -> typing.Union[insitu._proto.v1.admin_pb2.RevokeSiteResponse, collections.abc.Awaitable[insitu._proto.v1.admin_pb2.RevokeSiteResponse]]: ...
+
+    @abc.abstractmethod
+    def GrantRole(
+        self,
+        request: insitu._proto.v1.admin_pb2.RoleBinding,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.admin_pb2.RoleBinding, collections.abc.Awaitable[insitu._proto.v1.admin_pb2.RoleBinding]]: ...
+
+    @abc.abstractmethod
+    def RevokeRole(
+        self,
+        request: insitu._proto.v1.admin_pb2.RoleBinding,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.admin_pb2.RevokeRoleResponse, collections.abc.Awaitable[insitu._proto.v1.admin_pb2.RevokeRoleResponse]]: ...
+
+    @abc.abstractmethod
+    def ListRoles(
+        self,
+        request: insitu._proto.v1.admin_pb2.ListRolesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.admin_pb2.ListRolesResponse, collections.abc.Awaitable[insitu._proto.v1.admin_pb2.ListRolesResponse]]: ...
+
+    @abc.abstractmethod
+    def ReloadPolicy(
+        self,
+        request: insitu._proto.v1.admin_pb2.ReloadPolicyRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.admin_pb2.ReloadPolicyResponse, collections.abc.Awaitable[insitu._proto.v1.admin_pb2.ReloadPolicyResponse]]:
+        """Re-reads the federation's Cedar policies atomically; a bad set leaves the old one."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -1,0 +1,48 @@
+"""Validation of site replies before any strategy sees them.
+
+An update must carry exactly the arrays of the global model it answers (same names,
+shapes and dtypes), only finite values, finite metrics, and stay within a size bound.
+A bad update is rejected with a precise reason (and audited by the caller); it is never
+aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import Message
+
+__all__ = ["validate_reply"]
+
+
+def validate_reply(instruction: Message, reply: Message, *, max_bytes: int,
+                   reply_bytes: int) -> str | None:
+    """``None`` if ``reply`` is an acceptable answer to ``instruction``, else why not."""
+    if reply.has_error():
+        return None
+    if reply_bytes > max_bytes:
+        return f"update of {reply_bytes} bytes exceeds the {max_bytes}-byte bound"
+    content = reply.content
+    sent = instruction.content if instruction.has_content() else None
+    for key, record in content.array_records.items():
+        if sent is None or key not in sent.array_records:
+            return f"array record {key!r} was not part of the instruction"
+        expected = sent.array_records[key]
+        if list(record.keys()) != list(expected.keys()):
+            return f"array record {key!r} has tensors {len(record)} named differently"
+        for name, arr in record.items():
+            ref = expected[name]
+            if tuple(arr.shape) != tuple(ref.shape):
+                return f"{key}.{name}: shape {tuple(arr.shape)} != {tuple(ref.shape)}"
+            if arr.dtype != ref.dtype:
+                return f"{key}.{name}: dtype {arr.dtype} != {ref.dtype}"
+            values = arr.numpy()
+            if values.dtype.kind in "fc" and not np.isfinite(values).all():
+                return f"{key}.{name}: non-finite values"
+    for key, metrics in content.metric_records.items():
+        for name, value in metrics.items():
+            vals = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
+                return f"metric {key}.{name} is not finite"
+    return None
