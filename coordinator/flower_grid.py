@@ -46,7 +46,7 @@ class GridEvent:
     kind: str  # "sent" | "reply" | "rejected" | "unavailable" | "timeout"
     site_id: str
     message_type: str
-    group_id: str
+    group_id: str  # the server round (see round_of)
     detail: str = ""
     reply: Message | None = None
 
@@ -55,7 +55,21 @@ class GridEvent:
 class _Pending:
     site_id: str
     instruction: Message
+    round: str
     sent_at: float = field(default_factory=time.monotonic)
+
+
+def round_of(msg: Message) -> str:
+    """The server round an instruction belongs to: Flower's strategies put it in the
+    ConfigRecord (``server-round``); some apps use ``group_id``."""
+    if msg.metadata.group_id.isdigit():
+        return msg.metadata.group_id
+    if msg.has_content():
+        for rec in msg.content.config_records.values():
+            value = rec.get("server-round")
+            if isinstance(value, int):
+                return str(value)
+    return msg.metadata.group_id
 
 
 class SessionGrid(Grid):
@@ -131,8 +145,9 @@ class SessionGrid(Grid):
                 if msg.content.array_records:
                     self.latest_arrays = msg.content
             meta = metadata_to_proto(msg.metadata).SerializeToString()
+            rnd = round_of(msg)
             with self._cv:
-                self._pending[message_id] = _Pending(site_id, msg)
+                self._pending[message_id] = _Pending(site_id, msg, rnd)
             ids.append(message_id)
             session = self._sessions.get(site_id)
             if session is None or session.closed.is_set():
@@ -141,8 +156,7 @@ class SessionGrid(Grid):
                 continue
             for chunk in split_message(self.job_id, message_id, meta, content, None):
                 session.outbound.put(session_pb2.CoordinatorMessage(task=chunk))
-            self._on_event(GridEvent("sent", site_id, msg.metadata.message_type,
-                                     msg.metadata.group_id))
+            self._on_event(GridEvent("sent", site_id, msg.metadata.message_type, rnd))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -216,7 +230,7 @@ class SessionGrid(Grid):
                 del self._pending[assembled.message_id]
                 self._replies[assembled.message_id] = reply
                 self._cv.notify_all()
-        self._on_event(GridEvent("reply", site_id, metadata.message_type, metadata.group_id,
+        self._on_event(GridEvent("reply", site_id, metadata.message_type, pending.round,
                                  reply=reply))
 
     def site_disconnected(self, site_id: str) -> None:
@@ -236,5 +250,5 @@ class SessionGrid(Grid):
             self._replies[message_id] = reply
             self._cv.notify_all()
         meta = pending.instruction.metadata
-        self._on_event(GridEvent(kind, pending.site_id, meta.message_type, meta.group_id,
+        self._on_event(GridEvent(kind, pending.site_id, meta.message_type, pending.round,
                                  detail=reason))

@@ -295,7 +295,7 @@ class JobManager:
                             max_grad_norm=job.dp.max_grad_norm, epsilon=job.dp.epsilon,
                             delta=job.dp.delta),
                         rounds=job.rounds, owner=job.owner, purpose=job.purpose,
-                        partition_id=idx, num_partitions=n)))
+                        partition_id=idx, num_partitions=n, run_id=job.run_id)))
                     proposed.add(site)
             with self._lock:
                 if len(job.approvals) == n or time.monotonic() > deadline:

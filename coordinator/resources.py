@@ -31,8 +31,8 @@ def job_resource(job_id: str, owner: str, org: str, purpose: str,
                  targets: list[tuple[str, str]]) -> Resource:
     return Resource("Job", job_id, {
         "owner": _user(owner), "org": EntityRef("Org", org or "none"), "purpose": purpose,
-        "approved_datasets": {_dataset(s, d, purpose) for s, d in targets},
-        "sites": {EntityRef("Site", s) for s, _ in targets},
+        "approved_datasets": [_dataset(s, d, purpose) for s, d in targets],
+        "sites": [EntityRef("Site", s) for s, _ in targets],
     })
 
 

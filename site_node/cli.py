@@ -12,8 +12,11 @@ from typing import Annotated
 import typer
 
 from insitu.cli.common import EXIT_REFUSED, cli_errors, err_console
+from insitu.errors import ErrorCode, InsituError
+from site_node.approvals import ApprovedCode
+from site_node.daemon import SiteDaemon
 from site_node.enrol import enrol
-from site_node.session import SiteRefused, SiteSession
+from site_node.session import SiteRefused
 from site_node.settings import load_site_settings
 
 app = typer.Typer(help="The insitu site daemon.", no_args_is_help=True)
@@ -66,20 +69,39 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_site_settings(site_dir, heartbeat_interval_ms=heartbeat_ms)
-    session = SiteSession(settings)
-    signal.signal(signal.SIGTERM, lambda *_: session.stop())
-    signal.signal(signal.SIGINT, lambda *_: session.stop())
-    t = threading.Thread(target=_run, args=(session,), daemon=True)
+    daemon = SiteDaemon(settings)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    refused: list[str] = []
+    t = threading.Thread(target=_run, args=(daemon, refused), daemon=True)
     t.start()
     while t.is_alive():
         t.join(0.5)
-    if session.refused:
-        err_console.print(f"[red]refused by the federation:[/red] {session.refused}")
+    if refused:
+        err_console.print(f"[red]refused by the federation:[/red] {refused[0]}")
         sys.exit(EXIT_REFUSED)
 
 
-def _run(session: SiteSession) -> None:
+def _run(daemon: SiteDaemon, refused: list[str]) -> None:
     try:
-        session.run()
+        daemon.run()
     except SiteRefused as e:
-        session.refused = e.detail
+        refused.append(e.detail)
+
+
+@app.command("approve")
+@cli_errors
+def approve(
+    site_dir: Annotated[Path, typer.Option(help="this site's state folder")],
+    code_sha256: Annotated[str | None, typer.Option(help="app code hash to allow")] = None,
+    app_dir: Annotated[Path | None, typer.Option(help="or: hash this Flower app folder")] = None,
+    note: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Allow job code (by hash) to run at this site: the site_admin's approval."""
+    from insitu.flower.bundle import code_hash, pack_app
+
+    if (code_sha256 is None) == (app_dir is None):
+        raise InsituError(ErrorCode.INVALID_ARGUMENT, "give exactly one of --code-sha256, --app-dir")
+    h = code_sha256 or code_hash(pack_app(app_dir))  # type: ignore[arg-type]
+    ApprovedCode(site_dir).approve(h, note)
+    print(h)

@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +23,7 @@ from insitu.errors import ErrorCode, InsituError
 from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
 from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.server import secure_channel
+from site_node.egress import EgressGuard
 from site_node.settings import SiteSettings
 
 __all__ = ["SessionStatus", "SiteRefused", "SiteSession"]
@@ -49,11 +50,17 @@ class SessionStatus:
     last_error: str = ""
 
 
-class _Stream:
-    """One Connect call on its own channel."""
+Inbound = Callable[[session_pb2.CoordinatorMessage], None]
 
-    def __init__(self, s: SiteSettings, creds: Credentials, replaces: str = "") -> None:
+
+class _Stream:
+    """One Connect call on its own channel. Every message it sends passes the guard."""
+
+    def __init__(self, s: SiteSettings, creds: Credentials, guard: EgressGuard,
+                 on_inbound: Inbound | None, replaces: str = "") -> None:
         self.settings = s
+        self.guard = guard
+        self.on_inbound = on_inbound
         self.creds = creds
         self.channel = secure_channel(
             s.coordinator, ca_pem=creds.ca_pem, creds=creds, server_name=s.server_name
@@ -69,11 +76,13 @@ class _Stream:
         self._call: grpc.Future | None = None
 
     def _requests(self) -> Iterator[session_pb2.SiteMessage]:
-        yield session_pb2.SiteMessage(
-            hello=session_pb2.Hello(
-                site_id=self.settings.site_id,
-                software_version=SOFTWARE_VERSION,
-                replaces_session_id=self._replaces,
+        yield self.guard.admit(
+            session_pb2.SiteMessage(
+                hello=session_pb2.Hello(
+                    site_id=self.settings.site_id,
+                    software_version=SOFTWARE_VERSION,
+                    replaces_session_id=self._replaces,
+                )
             )
         )
         while True:
@@ -98,13 +107,18 @@ class _Stream:
                     self.acks += 1
                 elif kind == "goodbye":
                     self.goodbye = msg.goodbye.reason
+                elif self.on_inbound is not None:
+                    self.on_inbound(msg)
         except grpc.RpcError as e:
             self.error = e
         finally:
             self.ended.set()
 
+    def send(self, msg: session_pb2.SiteMessage) -> None:
+        self._out.put(self.guard.admit(msg))
+
     def heartbeat(self, seq: int) -> None:
-        self._out.put(
+        self.send(
             session_pb2.SiteMessage(
                 heartbeat=session_pb2.Heartbeat(seq=seq, sent_unix_ms=int(time.time() * 1000))
             )
@@ -121,8 +135,12 @@ class _Stream:
 class SiteSession:
     """Supervises the session stream until :meth:`stop`."""
 
-    def __init__(self, settings: SiteSettings) -> None:
+    def __init__(self, settings: SiteSettings, guard: EgressGuard | None = None,
+                 on_inbound: Inbound | None = None) -> None:
         self.settings = settings
+        self.guard = guard or EgressGuard(lambda kind, reason: None)
+        self.on_inbound = on_inbound
+        self._current: _Stream | None = None
         self.status = SessionStatus()
         self.refused = ""  # why the federation refused us, once it has
         self._stop = threading.Event()
@@ -130,6 +148,13 @@ class SiteSession:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def send(self, msg: session_pb2.SiteMessage) -> None:
+        """Send on the live stream (through the egress guard); UNAVAILABLE if none."""
+        stream = self._current
+        if stream is None or stream.ended.is_set():
+            raise InsituError(ErrorCode.UNAVAILABLE, "no session with the coordinator")
+        stream.send(msg)
 
     def _write_status(self) -> None:
         path = self.settings.site_dir / "status.json"
@@ -147,7 +172,7 @@ class SiteSession:
         while not self._stop.is_set():
             creds = Credentials.load(self.settings.tls_dir)
             self._note_cert(creds)
-            stream = _Stream(self.settings, creds)
+            stream = _Stream(self.settings, creds, self.guard, self.on_inbound)
             stream.start()
             if not self._await_welcome(stream):
                 self._fail(stream)
@@ -190,6 +215,7 @@ class SiteSession:
                 raise SiteRefused(ErrorCode.SITE_REVOKED, details)
 
     def _on_connected(self, stream: _Stream) -> None:
+        self._current = stream
         self.status.connected = True
         self.status.connects += 1
         self.status.session_id = stream.session_id
@@ -245,11 +271,13 @@ class SiteSession:
             log.error("renewed certificate names another identity; keeping the old one")
             return None
         creds.save(self.settings.tls_dir)
-        new = _Stream(self.settings, creds, replaces=old.session_id)
+        new = _Stream(self.settings, creds, self.guard, self.on_inbound,
+                      replaces=old.session_id)
         new.start()
         if not new.welcomed.wait(WELCOME_TIMEOUT_S):
             new.close()
             return None
+        self._current = new
         old.close()
         self._note_cert(creds)
         self.status.renewals += 1

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from insitu._proto.v1 import admin_pb2, admin_pb2_grpc
+from insitu._proto.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, session_pb2
 from insitu.identity.credentials import Credentials
 from insitu.rpc.methods import METHODS
 from insitu.rpc.server import secure_channel
-from insitu.sdk.errors import from_rpc_error
+from insitu.sdk.errors import IntegrityError, from_rpc_error
 
-__all__ = ["Client", "JoinToken", "SiteInfo", "retry_service_config"]
+__all__ = ["Client", "JoinToken", "ModelArtifact", "SiteInfo", "retry_service_config"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
@@ -136,6 +136,8 @@ class Client:
         )
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        self._models = jobs_pb2_grpc.ModelsStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -184,3 +186,110 @@ class Client:
             timeout,
         )
         return SiteInfo.from_proto(r.site), r.revoked_certificates
+
+    # -- roles and policy ------------------------------------------------------------
+
+    def grant_role(self, principal: str, role: str, *, site: str = "", org: str = "",
+                   not_before: int = 0, not_after: int = 0,
+                   timeout: float | None = None) -> admin_pb2.RoleBinding:
+        b = admin_pb2.RoleBinding(principal=principal, role=role, site=site, org=org,
+                                  not_before_unix=not_before, not_after_unix=not_after)
+        return self._call(self._admin.GrantRole, b, timeout)
+
+    def revoke_role(self, principal: str, role: str, *, site: str = "", org: str = "",
+                    timeout: float | None = None) -> bool:
+        b = admin_pb2.RoleBinding(principal=principal, role=role, site=site, org=org)
+        return bool(self._call(self._admin.RevokeRole, b, timeout).removed)
+
+    def list_roles(self, principal: str = "", *,
+                   timeout: float | None = None) -> list[admin_pb2.RoleBinding]:
+        r = self._call(self._admin.ListRoles, admin_pb2.ListRolesRequest(principal=principal),
+                       timeout)
+        return list(r.bindings)
+
+    def reload_policy(self, *, timeout: float | None = None) -> tuple[str, str]:
+        r = self._call(self._admin.ReloadPolicy, admin_pb2.ReloadPolicyRequest(), timeout)
+        return r.old_hash, r.new_hash
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def submit_job(self, app: str | Path, targets: dict[str, str], *, rounds: int = 5,
+                   strategy: str = "fedavg", run_config: dict[str, str | int | float] | None = None,
+                   min_sites: int | None = None, round_timeout_s: int = 600,
+                   dp_noise_multiplier: float = 0.0, dp_max_grad_norm: float = 1.0,
+                   dp_epsilon: float = 0.0, dp_delta: float = 1e-5, purpose: str = "research",
+                   model_name: str = "model", timeout: float | None = None) -> jobs_pb2.Job:
+        """Submit a Flower app (a module path like ``insitu.apps.breast_cancer`` or an app
+        folder) to run on ``targets`` ({site_id: dataset}). The app is packed
+        deterministically; sites approve its SHA-256 before it runs."""
+        from insitu.flower.bundle import app_from_module, code_hash, pack_app
+
+        app_dir = Path(app) if Path(str(app)).is_dir() else app_from_module(str(app))
+        bundle = pack_app(app_dir)
+        req = jobs_pb2.SubmitJobRequest(
+            app_bundle=bundle, code_sha256=code_hash(bundle),
+            targets=[jobs_pb2.SiteDataset(site_id=s, dataset=d) for s, d in targets.items()],
+            rounds=rounds, strategy=strategy,
+            run_config={k: str(v) for k, v in (run_config or {}).items()},
+            min_sites=min_sites if min_sites is not None else len(targets),
+            round_timeout_s=round_timeout_s,
+            dp=session_pb2.DpSettings(noise_multiplier=dp_noise_multiplier,
+                                      max_grad_norm=dp_max_grad_norm, epsilon=dp_epsilon,
+                                      delta=dp_delta),
+            purpose=purpose, model_name=model_name,
+        )
+        return self._call(self._jobs.SubmitJob, req, timeout or 60)
+
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> jobs_pb2.Job:
+        return self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout)
+
+    def list_jobs(self, *, timeout: float | None = None) -> list[jobs_pb2.Job]:
+        return list(self._call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(), timeout).jobs)
+
+    def watch_job(self, job_id: str, *, timeout: float = 3600) -> Iterator[jobs_pb2.JobEvent]:
+        """Round-by-round progress: a snapshot, one event per round phase, a final snapshot."""
+        try:
+            yield from self._jobs.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    # -- models -----------------------------------------------------------------------
+
+    def list_models(self, *, timeout: float | None = None) -> list[jobs_pb2.ModelSummary]:
+        return list(self._call(self._models.ListModels, jobs_pb2.ListModelsRequest(),
+                               timeout).models)
+
+    def get_model(self, name: str, version: str = "", *, signing_key: bytes,
+                  timeout: float | None = None) -> ModelArtifact:
+        """Fetch a model and verify its Ed25519 signature (Vault transit ``model-signing``
+        public key, 32 raw bytes, obtained out of band) and digests before returning it."""
+        r = self._call(self._models.GetModel,
+                       jobs_pb2.GetModelRequest(name=name, version=version), timeout or 60)
+        return ModelArtifact.verified(r, signing_key)
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    state: bytes
+    onnx: bytes
+
+    @classmethod
+    def verified(cls, r: jobs_pb2.ModelArtifact, signing_key: bytes) -> ModelArtifact:
+        import hashlib
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            Ed25519PublicKey.from_public_bytes(signing_key).verify(r.signature, r.manifest)
+        except (InvalidSignature, ValueError):
+            raise IntegrityError(grpc.StatusCode.DATA_LOSS,
+                                 "model signature does not verify") from None
+        manifest = json.loads(r.manifest)
+        if hashlib.sha256(r.state).hexdigest() != manifest["state_sha256"] or (
+                r.onnx and hashlib.sha256(r.onnx).hexdigest() != manifest["onnx_sha256"]):
+            raise IntegrityError(grpc.StatusCode.DATA_LOSS, "model bytes do not match the manifest")
+        return cls(manifest["name"], manifest["version"], manifest, r.state, r.onnx)

@@ -9,6 +9,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InsituRpcError",
+    "IntegrityError",
     "InternalError",
     "InvalidArgument",
     "NotFound",
@@ -58,6 +59,7 @@ class ResourceExhausted(InsituRpcError): ...
 
 
 class InternalError(InsituRpcError): ...
+class IntegrityError(InsituRpcError): ...
 
 
 _BY_CODE: dict[grpc.StatusCode, type[InsituRpcError]] = {
@@ -71,6 +73,7 @@ _BY_CODE: dict[grpc.StatusCode, type[InsituRpcError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.DATA_LOSS: IntegrityError,
 }
 
 

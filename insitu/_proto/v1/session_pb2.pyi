@@ -122,7 +122,7 @@ class DpSettings(_message.Message):
     def __init__(self, noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class JobProposal(_message.Message):
-    __slots__ = ("job_id", "code_sha256", "app_bundle", "dataset", "run_config", "dp", "rounds", "owner", "purpose", "partition_id", "num_partitions")
+    __slots__ = ("job_id", "code_sha256", "app_bundle", "dataset", "run_config", "dp", "rounds", "owner", "purpose", "partition_id", "num_partitions", "run_id")
     class RunConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class JobProposal(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     code_sha256: str
     app_bundle: bytes
@@ -152,7 +153,8 @@ class JobProposal(_message.Message):
     purpose: str
     partition_id: int
     num_partitions: int
-    def __init__(self, job_id: _Optional[str] = ..., code_sha256: _Optional[str] = ..., app_bundle: _Optional[bytes] = ..., dataset: _Optional[str] = ..., run_config: _Optional[_Mapping[str, str]] = ..., dp: _Optional[_Union[DpSettings, _Mapping]] = ..., rounds: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., partition_id: _Optional[int] = ..., num_partitions: _Optional[int] = ...) -> None: ...
+    run_id: int
+    def __init__(self, job_id: _Optional[str] = ..., code_sha256: _Optional[str] = ..., app_bundle: _Optional[bytes] = ..., dataset: _Optional[str] = ..., run_config: _Optional[_Mapping[str, str]] = ..., dp: _Optional[_Union[DpSettings, _Mapping]] = ..., rounds: _Optional[int] = ..., owner: _Optional[str] = ..., purpose: _Optional[str] = ..., partition_id: _Optional[int] = ..., num_partitions: _Optional[int] = ..., run_id: _Optional[int] = ...) -> None: ...
 
 class JobDecision(_message.Message):
     __slots__ = ("job_id", "approved", "reason", "dataset_fingerprint")

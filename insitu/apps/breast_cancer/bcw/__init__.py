@@ -1,0 +1,1 @@
+"""Breast Cancer Wisconsin: a federated MLP as a standard Flower app (see ``task``)."""
