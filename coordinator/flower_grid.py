@@ -92,6 +92,9 @@ class SessionGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._starved_since: float | None = None
         self.latest_arrays: RecordDict | None = None
+        # Sites whose current session has (re-)approved the job: a site that reconnects
+        # mid-job is asked again and sits out rounds until it answers.
+        self._ready: set[str] = set(sites.values())
 
     # -- Grid API ----------------------------------------------------------------------
 
@@ -108,7 +111,7 @@ class SessionGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        live = [n for n, s in self._sites.items() if self._connected(s)]
+        live = [n for n, s in self._sites.items() if self._connected(s) and s in self._ready]
         # FedAvg waits forever for min_available_nodes; put our own deadline on it.
         if len(live) < len(self._sites):
             now = time.monotonic()
@@ -232,6 +235,24 @@ class SessionGrid(Grid):
                 self._cv.notify_all()
         self._on_event(GridEvent("reply", site_id, metadata.message_type, pending.round,
                                  reply=reply))
+
+    def has_site(self, site_id: str) -> bool:
+        return site_id in self._node_of
+
+    def set_ready(self, site_id: str, ready: bool) -> None:
+        with self._cv:
+            if ready:
+                self._ready.add(site_id)
+            else:
+                self._ready.discard(site_id)
+
+    def reject(self, site_id: str, message_id: str, reason: str) -> None:
+        """A reply from ``site_id`` to ``message_id`` could not be accepted (e.g. too big)."""
+        with self._cv:
+            pending = self._pending.get(message_id)
+        if pending is not None and pending.site_id == site_id:
+            self._fail(message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                       f"update rejected: {reason}", "rejected")
 
     def site_disconnected(self, site_id: str) -> None:
         """Answer everything outstanding for ``site_id`` at once (NODE_UNAVAILABLE)."""

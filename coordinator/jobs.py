@@ -217,6 +217,13 @@ class JobManager:
         kind = msg.WhichOneof("body")
         if kind == "job_decision":
             d = msg.job_decision
+            grid = self._grid
+            if grid is not None and grid.job_id == d.job_id and grid.has_site(session.site_id):
+                # A rejoining site re-approved (or now refuses) the running job.
+                grid.set_ready(session.site_id, d.approved)
+                self.audit("job.site_rejoin", {"job_id": d.job_id, "site": session.site_id,
+                                               "approved": str(d.approved)})
+                return
             with self._lock:
                 job = self._jobs.get(d.job_id)
                 if job is None or session.site_id not in dict(job.targets) \
@@ -237,8 +244,8 @@ class JobManager:
             try:
                 done = ra.add(msg.task_reply)
             except InsituError as e:
-                self.audit("job.update_rejected", {"job_id": grid.job_id,
-                                                   "site": session.site_id, "reason": e.detail})
+                # Answer the instruction at once: the strategy counts a failure, no waiting.
+                grid.reject(session.site_id, msg.task_reply.message_id, e.detail)
                 return
             if done is not None:
                 grid.on_reply(session.site_id, done)
@@ -250,6 +257,12 @@ class JobManager:
             if grid is not None:
                 grid.site_disconnected(session.site_id)
         elif event == "open":
+            grid = self._grid
+            if grid is not None and grid.has_site(session.site_id):
+                grid.set_ready(session.site_id, False)
+                job = self._jobs.get(grid.job_id)
+                if job is not None:
+                    self._propose(job, session.site_id, session)
             with self._lock:
                 self._lock.notify_all()
 
@@ -279,23 +292,28 @@ class JobManager:
                 s.outbound.put(session_pb2.CoordinatorMessage(
                     job_end=session_pb2.JobEnd(job_id=job.job_id, outcome=outcome.get(state, "failed"))))
 
+    def _propose(self, job: JobRecord, site: str, s: Session) -> None:
+        idx = [t for t, _ in job.targets].index(site)
+        dataset = job.targets[idx][1]
+        s.outbound.put(session_pb2.CoordinatorMessage(job_proposal=session_pb2.JobProposal(
+            job_id=job.job_id, code_sha256=job.code_sha256, app_bundle=job.bundle,
+            dataset=dataset, run_config=job.run_config,
+            dp=session_pb2.DpSettings(
+                noise_multiplier=job.dp.noise_multiplier,
+                max_grad_norm=job.dp.max_grad_norm, epsilon=job.dp.epsilon,
+                delta=job.dp.delta),
+            rounds=job.rounds, owner=job.owner, purpose=job.purpose,
+            partition_id=idx, num_partitions=len(job.targets), run_id=job.run_id)))
+
     def _collect_approvals(self, job: JobRecord) -> list[str]:
         proposed: set[str] = set()
         deadline = time.monotonic() + self.settings.approval_timeout_s
         n = len(job.targets)
         while True:
-            for idx, (site, dataset) in enumerate(job.targets):
+            for site, _dataset in job.targets:
                 s = self.sessions.get(site)
                 if site not in proposed and s is not None and not s.closed.is_set():
-                    s.outbound.put(session_pb2.CoordinatorMessage(job_proposal=session_pb2.JobProposal(
-                        job_id=job.job_id, code_sha256=job.code_sha256, app_bundle=job.bundle,
-                        dataset=dataset, run_config=job.run_config,
-                        dp=session_pb2.DpSettings(
-                            noise_multiplier=job.dp.noise_multiplier,
-                            max_grad_norm=job.dp.max_grad_norm, epsilon=job.dp.epsilon,
-                            delta=job.dp.delta),
-                        rounds=job.rounds, owner=job.owner, purpose=job.purpose,
-                        partition_id=idx, num_partitions=n, run_id=job.run_id)))
+                    self._propose(job, site, s)
                     proposed.add(site)
             with self._lock:
                 if len(job.approvals) == n or time.monotonic() > deadline:

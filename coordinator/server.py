@@ -115,7 +115,8 @@ class Coordinator:
             self.sessions, self.registry, self.data_dir, settings.trust_domain,
             audit=lambda event, attrs: self.auditor.event(
                 event, event, ("Job", str(attrs.get("job_id", "-"))), attrs=attrs),
-            settings=JobSettings(approval_timeout_s=settings.job_approval_timeout_s),
+            settings=JobSettings(approval_timeout_s=settings.job_approval_timeout_s,
+                                 max_update_bytes=settings.max_update_bytes),
         )
         install_resolvers(self.authorizer, self.jobs, self.registry)
         self.server: grpc.Server | None = None

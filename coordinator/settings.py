@@ -36,6 +36,7 @@ class CoordinatorSettings:
     audit_checkpoint_every_n: int = 1000
     audit_checkpoint_every_s: float = 60.0
     job_approval_timeout_s: float = 60.0
+    max_update_bytes: int = 512 * 1024 * 1024
 
     @property
     def server_name(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +106,15 @@ class SiteJobs:
             return False, f"dataset {p.dataset} is not registered here", ""
         ds = self.datasets.check_purpose(p.dataset, p.purpose)
         dp_eps = float(p.dp.epsilon) if p.dp.noise_multiplier > 0 else 0.0
-        if dp_eps > 0:
-            self.ledger.reserve(p.dataset, p.job_id, dp_eps)  # refuses over-budget work
+        if dp_eps > 0 and not self._has_open_reservation(p.dataset, p.job_id):
+            # Refuses over-budget work before any training; a rejoining site (after a
+            # restart) keeps the reservation it already holds for this job.
+            self.ledger.reserve(p.dataset, p.job_id, dp_eps)
         try:
-            layout = unpack_app(p.app_bundle, self.site_dir / "jobs" / p.job_id / "app")
+            app_dir = self.site_dir / "jobs" / p.job_id / "app"
+            if app_dir.exists():  # a rejoin after a restart: extract the verified bundle anew
+                shutil.rmtree(app_dir)
+            layout = unpack_app(p.app_bundle, app_dir)
             run_config: dict[str, str | int | float | bool] = dict(layout.config)
             run_config.update({k: _value(v) for k, v in p.run_config.items()})
             if dp_eps > 0:
@@ -137,6 +143,16 @@ class SiteJobs:
         threading.Thread(target=self._work, args=(job,), name=f"job-{p.job_id}",
                          daemon=True).start()
         return True, "approved", fingerprint
+
+    def _has_open_reservation(self, dataset: str, job_id: str) -> bool:
+        total = 0.0
+        for e in self.ledger.history(dataset):
+            if e.job_id != job_id:
+                continue
+            if e.kind == "release":
+                return False
+            total += e.epsilon if e.kind == "reserve" else 0.0
+        return total > 0
 
     def _on_chunk(self, chunk: session_pb2.TaskChunk) -> None:
         with self._lock:

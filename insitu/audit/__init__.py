@@ -66,6 +66,7 @@ from insitu.audit.sensitive import SensitiveValueHasher
 from insitu.audit.sqlite_store import SqliteAuditStore
 from insitu.audit.store import AuditStore, StoredCheckpoint, StoredEntry, WitnessedNote
 from insitu.audit.verify import VerifyResult, verify_export, verify_store
+from insitu.audit.witness import check_extends, witness_checkpoint
 
 __all__ = [
     "Actor",
@@ -98,6 +99,7 @@ __all__ = [
     "VerifyResult",
     "WitnessedNote",
     "add_cosignature",
+    "check_extends",
     "format_time",
     "hash_children",
     "hash_leaf",
@@ -110,4 +112,5 @@ __all__ = [
     "verify_export",
     "verify_inclusion",
     "verify_store",
+    "witness_checkpoint",
 ]

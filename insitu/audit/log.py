@@ -51,6 +51,7 @@ from insitu.audit.record import (
     Outcome,
     Resource,
     format_time,
+    validate_record,
 )
 from insitu.audit.store import AuditStore, StoredEntry
 from insitu.audit.tree import MerkleTree
@@ -130,7 +131,13 @@ class AuditLog:
         )
         self._timer.start()
         if self._lifecycle:
-            self.append(self._lifecycle_record(EventType.AUDIT_START, "audit.start"))
+            try:
+                self.append(self._lifecycle_record(EventType.AUDIT_START, "audit.start"))
+            except BaseException:
+                # A log that cannot record its own start is not open: stop the threads.
+                self._lifecycle = False
+                self.close(close_store=False)
+                raise
 
     # --- opening -----------------------------------------------------------------------
 
@@ -186,9 +193,12 @@ class AuditLog:
         """
         if record.seq is not None:
             raise RecordInvalidError("seq is assigned by the log; leave it unset")
+        if record.time is None:
+            # The log stamps the time, so the log's clock is the record's clock source.
+            record = dataclasses.replace(record, clock=self._clock_source)
         # Validate now, in the caller's thread, with placeholder position; the writer
         # only substitutes seq and time, which are valid by construction.
-        record.positioned(0, record.time or format_time(self._now())).canonical_bytes()
+        validate_record(record.positioned(0, record.time or format_time(self._now())).to_dict())
         fut: Future[int] = Future()
         with self._cond:
             if self._closing:

@@ -36,11 +36,13 @@ import dataclasses
 import hmac
 from collections.abc import Iterable, Sequence
 
+import rfc8785
+
 from insitu.audit.checkpoint import Checkpoint, _unverified_parse, verify_checkpoint
 from insitu.audit.errors import AuditError, RecordInvalidError, VerificationError
 from insitu.audit.export import export_lines
 from insitu.audit.merkle import HASH_SIZE, hash_leaf
-from insitu.audit.record import canonical_bytes, parse_json_object, validate_record
+from insitu.audit.record import parse_json_object, validate_record
 from insitu.audit.store import AuditStore
 from insitu.audit.tree import CompactRange
 
@@ -106,7 +108,7 @@ def _entry(obj: dict[str, object]) -> _Entry:
         return _Entry(None, b"", "entry has no record body (pruned or destroyed)")
     try:
         validate_record(rec)
-        leaf = hash_leaf(canonical_bytes(rec))
+        leaf = hash_leaf(rfc8785.dumps(rec))
     except RecordInvalidError as e:
         return _Entry(None, b"", f"record does not conform to the schema ({e.detail})")
     seq = rec["seq"]

@@ -102,7 +102,7 @@ class BatchingConfig:
 
     enabled: bool = True
     max_batch_size: int = 64
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0  # Triton's default: fuse only what queued while busy
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024  # queued requests; beyond it callers get RESOURCE_EXHAUSTED
 

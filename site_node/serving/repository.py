@@ -146,6 +146,13 @@ class ModelRepository:
 
     # -- writing -----------------------------------------------------------------------
 
+    def config_bytes(self, name: str) -> bytes | None:
+        """The raw ``config.yaml``, or None if the model has none."""
+        try:
+            return (self.model_dir(name) / CONFIG_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def write_config(self, name: str, config_yaml: str | bytes) -> ModelConfig:
         """Validate and atomically (re)place ``<name>/config.yaml``."""
         config = parse_config(config_yaml)
@@ -160,6 +167,8 @@ class ModelRepository:
         onnx_bytes: bytes,
         metadata: ArtifactMetadata,
         verify: Verifier,
+        *,
+        config: ModelConfig | None = None,
     ) -> Path:
         """Verify and install one version; returns its directory.
 
@@ -170,7 +179,7 @@ class ModelRepository:
         3. the ONNX bytes hash to the signed sha256 (INTEGRITY);
         4. ONNX Runtime loads the graph (INVALID_ARGUMENT: malformed ONNX);
         5. the graph's inputs/outputs equal the signed declaration, and the declaration
-           agrees with ``config.yaml`` (INVALID_ARGUMENT).
+           agrees with ``config`` (default: the model's ``config.yaml``) (INVALID_ARGUMENT).
 
         Re-installing identical bytes is a no-op; different bytes under an existing
         version are ALREADY_EXISTS (versions are immutable).
@@ -201,17 +210,20 @@ class ModelRepository:
         for spec in metadata.outputs:
             if spec.dtype not in ALLOWED_DTYPES:  # pragma: no cover - TensorSpec enforces it
                 raise InsituError(ErrorCode.INVALID_ARGUMENT, f"outputs['{spec.name}'].dtype")
-        self._check_against_config(name, metadata)
+        self._check_against_config(name, metadata, config)
         self._write_version_dir(target, onnx_bytes, metadata)
         return target
 
-    def _check_against_config(self, name: str, metadata: ArtifactMetadata) -> None:
-        try:
-            config = self.config(name)
-        except InsituError as e:
-            if e.code is ErrorCode.NOT_FOUND:
-                return  # the config may be written after the first version
-            raise
+    def _check_against_config(
+        self, name: str, metadata: ArtifactMetadata, config: ModelConfig | None
+    ) -> None:
+        if config is None:
+            try:
+                config = self.config(name)
+            except InsituError as e:
+                if e.code is ErrorCode.NOT_FOUND:
+                    return  # the config may be written after the first version
+                raise
         declared = {s.name: s for s in metadata.inputs}
         if set(declared) != {s.name for s in config.inputs}:
             raise InsituError(

@@ -30,7 +30,7 @@ from insitu._proto.v1.site_pb2 import Tensor
 from insitu.errors import ErrorCode, InsituError
 from site_node.serving.artifact import ArtifactMetadata, Verifier
 from site_node.serving.batcher import Batcher, DirectRunner, DynamicBatcher, Pending
-from site_node.serving.config import ModelConfig
+from site_node.serving.config import ModelConfig, parse_config
 from site_node.serving.metrics import ServingMetrics
 from site_node.serving.repository import ModelRepository
 from site_node.serving.runtime import OnnxSession
@@ -216,11 +216,26 @@ class ServingRuntime:
         canary_percent: float | None = None,
     ) -> ModelStatus:
         """Verify and install ``version`` (see ModelRepository.install_version), then
-        serve it or canary it. Any failure leaves the serving version unchanged."""
-        if config_yaml is not None:
-            self.repository.write_config(model, config_yaml)
-        self.repository.install_version(model, version, onnx_bytes, metadata, verify)
-        return self.activate(model, version, canary_percent=canary_percent)
+        serve it or canary it, with ``config_yaml`` as the model's new config if given.
+
+        Any failure leaves the serving version and ``config.yaml`` as they were (a
+        verified version directory that then failed to load stays on disk, unserved).
+        """
+        repo = self.repository
+        config = parse_config(config_yaml) if config_yaml is not None else None
+        repo.install_version(model, version, onnx_bytes, metadata, verify, config=config)
+        if config_yaml is None:
+            return self.activate(model, version, canary_percent=canary_percent)
+        previous = repo.config_bytes(model)
+        repo.write_config(model, config_yaml)
+        try:
+            return self.activate(model, version, canary_percent=canary_percent)
+        except BaseException:
+            if previous is not None:
+                repo.write_config(model, previous)
+            else:
+                (repo.model_dir(model) / "config.yaml").unlink(missing_ok=True)
+            raise
 
     def activate(
         self, model: str, version: int, *, canary_percent: float | None = None
@@ -318,6 +333,10 @@ def _parse_version(version: str | int) -> int | None:
         return version
     if version == "":
         return None
-    if isinstance(version, str) and version.isdigit() and len(version) <= 9 and version[0] != "0":
-        return int(version)
-    raise InsituError(ErrorCode.INVALID_ARGUMENT, "version: must be empty or a positive integer")
+    # "3" or the registry's spelling "v3".
+    digits = version[1:] if isinstance(version, str) and version.startswith("v") else version
+    if isinstance(digits, str) and digits.isdigit() and len(digits) <= 9 and digits[0] != "0":
+        return int(digits)
+    raise InsituError(
+        ErrorCode.INVALID_ARGUMENT, "version: must be empty, N or vN with N a positive integer"
+    )

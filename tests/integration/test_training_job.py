@@ -4,80 +4,28 @@ audited, and a signed, encrypted model in the registry."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from coordinator.settings import CoordinatorSettings
-from insitu.apps.breast_cancer.data import write_site_csvs
-from insitu.flower.bundle import app_from_module, code_hash, pack_app
-from insitu.identity.admin_bootstrap import bootstrap_admin
-from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
-from insitu.identity.spiffe import SpiffeId
+from insitu.errors import InsituError
 from insitu.keys import KeyService
-from insitu.sdk import Client
-from site_node.approvals import ApprovedCode
-from site_node.daemon import SiteDaemon
-from site_node.settings import load_site_settings
-from tests.integration.conftest import RunningCoordinator, enrol_site, wait_for
-
-SITES = ("hospital-a", "hospital-b", "hospital-c")
-APP = "insitu.apps.breast_cancer"
-
-
-@dataclass
-class Federation:
-    coord: RunningCoordinator
-    daemons: dict[str, SiteDaemon]
-    threads: dict[str, threading.Thread]
-    engineer: Client
-    code_sha256: str
-    signing_key: bytes
-
-
-def _user_client(rc: RunningCoordinator, keys: KeyService, name: str, d: Path) -> Client:
-    sid = SpiffeId.user(rc.settings.trust_domain, name)
-    key = generate_private_key()
-    cert = keys.sign_csr("user", build_csr(key, sid), uri_sans=[sid.uri], ttl_seconds=3600)
-    Credentials(key_to_pem(key), cert.cert_pem, cert.chain_pem, keys.ca_bundle_pem()).save(d)
-    return Client(rc.target, d / "cert.pem", d / "key.pem", d / "ca.pem",
-                  server_name=rc.settings.server_name, timeout=30)
-
+from insitu.sdk import InsituRpcError
+from tests.integration.conftest import RunningCoordinator
+from tests.integration.federation import APP, SITES, Federation, start_federation
 
 @pytest.fixture
 def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-               coordinator_settings: CoordinatorSettings, key_service: KeyService,
-               tmp_path: Path) -> Federation:
+        coordinator_settings: CoordinatorSettings, key_service: KeyService,
+        tmp_path: Path) -> Iterator[Federation]:
     rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
-    csvs = write_site_csvs(tmp_path / "data", SITES, seed=0)
-    bundle_hash = code_hash(pack_app(app_from_module(APP)))
-    daemons, threads = {}, {}
-    for site in SITES:
-        s = enrol_site(rc, site, tmp_path / site)
-        (s.site_dir / "datasets.toml").write_text(
-            f'[datasets.bcw]\npath = "{csvs[site]}"\nformat = "csv"\nlabel = "target"\n'
-            'purposes = ["research"]\nepsilon_budget = 10.0\n')
-        ApprovedCode(s.site_dir).approve(bundle_hash, "test")
-        d = SiteDaemon(load_site_settings(s.site_dir, heartbeat_interval_ms=300,
-                                          backoff_initial_s=0.1, backoff_max_s=1.0))
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
-        daemons[site], threads[site] = d, t
-    with rc.admin() as admin:
-        wait_for(lambda: sum(x.connected for x in admin.list_sites()) == 3, what="sites")
-        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer",
-                         org="acme")
-    eng = _user_client(rc, key_service, "eve", tmp_path / "eve")
-    fed = Federation(rc, daemons, threads, eng, bundle_hash, key_service.public_key("model-signing"))
-    yield fed
-    eng.close()
-    for d in daemons.values():
-        d.stop()
-    for t in threads.values():
-        t.join(10)
+    f = start_federation(rc, key_service, tmp_path)
+    yield f
+    f.close()
 
 
 @pytest.mark.slow
@@ -98,8 +46,38 @@ def test_three_site_job_runs_and_registers_a_signed_model(fed: Federation) -> No
     assert sorted(art.manifest["lineage"]["sites"]) == list(SITES)
     assert art.onnx[:4] != b"" and len(art.state) > 0
     # Every round is in the coordinator's audit log, with the code hash.
-    store = federation.coord.coordinator.audit_log.store
-    records = list(store.entries())
-    round_events = [r for r in records if b'"job.round"' in r.data]
+    round_events = federation.audit_events("job.round")
     assert len(round_events) == 4  # 2 rounds x (train, evaluate)
-    assert all(federation.code_sha256.encode() in r.data for r in round_events)
+    assert all(federation.code_sha256.encode() in r for r in round_events)
+    # ...and each site's own log has the messages it processed, with the code hash.
+    for site, d in federation.daemons.items():
+        msgs = [e.data for e in d.audit_log.store.entries() if e.data and b"job.message" in e.data]
+        assert msgs and all(federation.code_sha256.encode() in m for m in msgs), site
+
+
+@pytest.mark.slow
+def test_tampered_model_artifact_fails_verification(fed: Federation) -> None:
+    eng = fed.engineer
+    job = eng.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw-t",
+                         run_config={"local-epochs": 1})
+    final = list(eng.watch_job(job.job_id, timeout=300))[-1].snapshot
+    assert final.state == 3, final.error
+    vdir = fed.coord.coordinator.registry.root / "bcw-t" / "v1"
+    # 1) a manifest edited on disk no longer matches its Vault signature
+    manifest = (vdir / "manifest.json").read_bytes()
+    (vdir / "manifest.json").write_bytes(manifest.replace(b'"rounds":1', b'"rounds":9'))
+    with pytest.raises(InsituRpcError) as e:
+        eng.get_model("bcw-t", "v1", signing_key=fed.signing_key)
+    assert e.value.code.name == "DATA_LOSS"
+    (vdir / "manifest.json").write_bytes(manifest)
+    # 2) a flipped ciphertext byte fails AES-GCM authentication
+    sealed = json.loads((vdir / "sealed.json").read_text())
+    ct = bytearray(bytes.fromhex(sealed["state"]["ciphertext"]))
+    ct[10] ^= 1
+    sealed["state"]["ciphertext"] = ct.hex()
+    (vdir / "sealed.json").write_text(json.dumps(sealed))
+    with pytest.raises(InsituError):
+        fed.coord.coordinator.registry.load("bcw-t", "v1")
+    # 3) the SDK refuses an artifact signed by another key
+    with pytest.raises(InsituRpcError):
+        eng.get_model("bcw-t", "v1", signing_key=b"\x01" * 32)
