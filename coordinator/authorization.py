@@ -28,7 +28,9 @@ ResourceResolver = Callable[[Principal, MethodResource, Any], Resource | EntityR
 
 
 class CoordinatorAuthorizer:
-    def __init__(self, engine: PolicyEngine, store: CoordinatorStore, keys: KeyService) -> None:
+    def __init__(self, engine: PolicyEngine, store: CoordinatorStore, keys: KeyService,
+                 trust_domain: str) -> None:
+        self.trust_domain = trust_domain
         self.engine = engine
         self.store = store
         self.keys = keys
@@ -88,8 +90,8 @@ class CoordinatorAuthorizer:
         try:
             res = self.resolve(principal, action, resource, context.get("request"))
         except InsituError as e:
-            if e.code is ErrorCode.NOT_FOUND:
-                raise
+            if e.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT):
+                raise  # a precise answer about the request, not a policy decision
             return _deny(e.detail)
         ctx: dict[str, Any] = {"now": int(time.time())}
         if context.get("emergency_access"):

@@ -13,6 +13,7 @@ import typer
 from coordinator.server import Coordinator
 from coordinator.settings import CoordinatorSettings
 from insitu.cli.common import cli_errors
+from insitu.errors import InsituError
 from insitu.settings import load_settings
 
 app = typer.Typer(help="The insitu coordinator.", no_args_is_help=True)
@@ -53,6 +54,18 @@ def serve(
     coordinator = Coordinator(settings)
     coordinator.start()
     done = threading.Event()
+
+    def on_hup(*_: object) -> None:
+        # Reload in a thread: a signal handler must not block on Vault or the audit log.
+        def reload() -> None:
+            try:
+                old, new = coordinator.reload_policy()
+                logging.getLogger("insitu").info("policy reloaded %s -> %s", old[:12], new[:12])
+            except InsituError as e:
+                logging.getLogger("insitu").error("policy reload refused: %s", e.detail)
+        threading.Thread(target=reload, daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()

@@ -50,6 +50,9 @@ def model_resource(manifest: dict[str, Any]) -> Resource:
 def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
                       registry: ModelRegistry) -> None:
     def role_binding(p: Principal, r: MethodResource, req: Any) -> Resource:
+        from coordinator.roles import binding_from_proto
+
+        binding_from_proto(req, authz.trust_domain)  # malformed: INVALID_ARGUMENT, not a deny
         attrs: dict[str, Any] = {"role": req.role, "subject": req.principal}
         if req.site:
             attrs["site"] = EntityRef("Site", req.site)

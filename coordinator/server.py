@@ -101,7 +101,8 @@ class Coordinator:
         self.policy_dir = settings.policy_dir or default_policy_dir()
         self.engine = PolicyEngine.load_or_deny_all(self.policy_dir,
                                                     trust_domain=settings.trust_domain)
-        self.authorizer = CoordinatorAuthorizer(self.engine, self.store, self.keys)
+        self.authorizer = CoordinatorAuthorizer(self.engine, self.store, self.keys,
+                                                settings.trust_domain)
         self.audit_log = open_audit_log(
             self.data_dir / "audit.db", f"{settings.trust_domain}/coordinator",
             "coordinator", self.keys, settings.audit_checkpoint_every_n,

@@ -30,6 +30,14 @@ app.add_typer(token_app, name="token")
 app.add_typer(site_app, name="site")
 app.add_typer(admin_app, name="admin")
 app.add_typer(dev_app, name="dev")
+role_app = typer.Typer(help="Role bindings (who holds which role, where).", no_args_is_help=True)
+policy_app = typer.Typer(help="Cedar RBAC policies.", no_args_is_help=True)
+job_app = typer.Typer(help="Federated jobs.", no_args_is_help=True)
+model_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(role_app, name="role")
+app.add_typer(policy_app, name="policy")
+app.add_typer(job_app, name="job")
+app.add_typer(model_app, name="model")
 console = Console()
 
 Coordinator = Annotated[str | None, typer.Option(help="coordinator mTLS address HOST:PORT")]
@@ -154,6 +162,148 @@ def demo(
     rc = run_demo(workspace)
     if rc != 0:
         raise InsituError(ErrorCode.FAILED_PRECONDITION, "demo failed")
+
+
+@role_app.command("grant")
+@cli_errors
+def role_grant(
+    principal: Annotated[str, typer.Argument(help="SPIFFE id, e.g. spiffe://demo.insitu/user/eve")],
+    role: Annotated[str, typer.Argument(help="federation_admin, site_admin, ml_engineer, ...")],
+    site: Annotated[str, typer.Option(help="site scope (site_admin, data_steward)")] = "",
+    org: Annotated[str, typer.Option(help="org scope (ml_engineer)")] = "",
+    valid_for: Annotated[str | None, typer.Option(help="e.g. 30d; default unbounded")] = None,
+    coordinator: Coordinator = None, identity: Identity = None,
+    trust_domain: TrustDomain = None, config: Config = None,
+) -> None:
+    """Grant ROLE to PRINCIPAL (audited; nobody may grant themselves)."""
+    import time as _time
+
+    not_after = int(_time.time()) + parse_duration(valid_for) if valid_for else 0
+    with connect(coordinator, identity, trust_domain, config) as c:
+        b = c.grant_role(principal, role, site=site, org=org, not_after=not_after)
+    console.print(f"granted {b.role} to {b.principal}" + (f" at {b.site}" if b.site else "")
+                  + (f" in {b.org}" if b.org else ""))
+
+
+@role_app.command("revoke")
+@cli_errors
+def role_revoke(
+    principal: str, role: str,
+    site: Annotated[str, typer.Option()] = "", org: Annotated[str, typer.Option()] = "",
+    coordinator: Coordinator = None, identity: Identity = None,
+    trust_domain: TrustDomain = None, config: Config = None,
+) -> None:
+    """Remove one role binding."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        c.revoke_role(principal, role, site=site, org=org)
+    console.print(f"revoked {role} from {principal}")
+
+
+@role_app.command("list")
+@cli_errors
+def role_list(
+    principal: Annotated[str, typer.Option(help="only this SPIFFE id")] = "",
+    coordinator: Coordinator = None, identity: Identity = None,
+    trust_domain: TrustDomain = None, config: Config = None,
+) -> None:
+    """List role bindings."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        rows = c.list_roles(principal)
+    table = Table("principal", "role", "site", "org", "not after", "granted by")
+    for b in rows:
+        table.add_row(b.principal, b.role, b.site, b.org, str(b.not_after_unix or "-"),
+                      b.granted_by)
+    console.print(table)
+
+
+@policy_app.command("check")
+@cli_errors
+def policy_check(
+    directory: Annotated[Path, typer.Argument(help="policy folder (schema + *.cedar)")] = Path(
+        "policies/rbac"),
+    local_dir: Annotated[Path | None, typer.Option(help="a site's local (forbid-only) policies")] = None,
+    tests_dir: Annotated[Path | None, typer.Option(help="policy test table (default: DIR/tests)")] = None,
+) -> None:
+    """Validate the policies against the schema and run the policy test table."""
+    from insitu.authz import check_policies
+
+    report = check_policies(directory, local_dir, tests_dir)
+    if report.error:
+        raise InsituError(ErrorCode.POLICY_INVALID, report.error)
+    for f in report.failures:
+        console.print(f"[red]FAIL[/red] {f}")
+    console.print(f"policy set {report.policy_hash[:16]}…: {report.cases} cases, "
+                  f"{len(report.failures)} failed")
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@policy_app.command("reload")
+@cli_errors
+def policy_reload(coordinator: Coordinator = None, identity: Identity = None,
+                  trust_domain: TrustDomain = None, config: Config = None) -> None:
+    """Ask the coordinator to re-read its policies (atomic; a bad set is refused)."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        old, new = c.reload_policy()
+    console.print(f"policy hash {old[:16]}… → {new[:16]}…")
+
+
+@job_app.command("submit")
+@cli_errors
+def job_submit(
+    app_ref: Annotated[str, typer.Argument(help="module path or Flower app folder")],
+    site: Annotated[list[str], typer.Option(help="SITE=DATASET, repeatable")],
+    rounds: Annotated[int, typer.Option()] = 5,
+    strategy: Annotated[str, typer.Option()] = "fedavg",
+    min_sites: Annotated[int | None, typer.Option()] = None,
+    round_timeout: Annotated[str, typer.Option()] = "10m",
+    model_name: Annotated[str, typer.Option()] = "model",
+    purpose: Annotated[str, typer.Option()] = "research",
+    dp_noise_multiplier: Annotated[float, typer.Option()] = 0.0,
+    dp_epsilon: Annotated[float, typer.Option()] = 0.0,
+    config_kv: Annotated[list[str] | None, typer.Option("--config-kv", help="KEY=VALUE")] = None,
+    watch: Annotated[bool, typer.Option(help="follow the rounds")] = True,
+    coordinator: Coordinator = None, identity: Identity = None,
+    trust_domain: TrustDomain = None, config: Config = None,
+) -> None:
+    """Submit a Flower app as a federated job (sites approve its code hash first)."""
+    targets = dict(_kv(x, "--site") for x in site)
+    run_config = dict(_kv(x, "--config-kv") for x in (config_kv or []))
+    with connect(coordinator, identity, trust_domain, config) as c:
+        job = c.submit_job(app_ref, targets, rounds=rounds, strategy=strategy,
+                           min_sites=min_sites, round_timeout_s=parse_duration(round_timeout),
+                           model_name=model_name, purpose=purpose, run_config=run_config,
+                           dp_noise_multiplier=dp_noise_multiplier, dp_epsilon=dp_epsilon)
+        console.print(f"job {job.job_id} submitted (code sha256 {job.code_sha256[:16]}…)")
+        if watch:
+            from insitu.cli.progress import follow_job
+
+            final = follow_job(c, job.job_id, rounds, console)
+            if final.state != 3:
+                raise InsituError(ErrorCode.FAILED_PRECONDITION,
+                                  f"job ended in state {final.state}: {final.error}")
+
+
+def _kv(text: str, flag: str) -> tuple[str, str]:
+    k, sep, v = text.partition("=")
+    if not sep or not k or not v:
+        raise InsituError(ErrorCode.INVALID_ARGUMENT, f"{flag} takes KEY=VALUE, not {text!r}")
+    return k, v
+
+
+@model_app.command("list")
+@cli_errors
+def model_list(coordinator: Coordinator = None, identity: Identity = None,
+               trust_domain: TrustDomain = None, config: Config = None) -> None:
+    """Models you may read, with their lineage."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        models = c.list_models()
+    table = Table("name", "version", "job", "sites", "rounds", "metrics")
+    for m in models:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(m.lineage.metrics.items()))
+        table.add_row(m.name, m.version, m.lineage.job_id, ",".join(m.lineage.sites),
+                      str(m.lineage.rounds), metrics)
+    console.print(table)
 
 
 def main() -> None:

@@ -90,7 +90,16 @@ class AuthzLayer(Layer):
         else:
             context: dict[str, Any] = {"request": call.request if _is_msg(call.request) else None}
             context.update(_break_glass(call))
-            decision = self.authorizer.authorize(principal, rule.action, resource, context)
+            try:
+                decision = self.authorizer.authorize(principal, rule.action, resource, context)
+            except InsituError as e:
+                # A malformed or unknown target: answered precisely, and still audited.
+                if self.recorder is not None:
+                    try:
+                        self.recorder.record_call(call, "rpc.rejected", "failure", e.code.value)
+                    except InsituError:
+                        pass
+                raise
         call.attributes["authz"] = decision
         if decision.break_glass and self.recorder is not None:
             # Break-glass is always loudly audited, allowed or not, and must be durable.

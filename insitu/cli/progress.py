@@ -1,0 +1,31 @@
+"""Rich progress for a running federated job: one bar over the rounds, one line per
+round phase with its metrics and which sites took part."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from insitu._proto.v1 import jobs_pb2
+from insitu.sdk.client import Client
+
+__all__ = ["follow_job"]
+
+
+def follow_job(client: Client, job_id: str, rounds: int, console: Console) -> jobs_pb2.Job:
+    final = client.get_job(job_id)
+    with Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("rounds", total=rounds)
+        for ev in client.watch_job(job_id):
+            if ev.HasField("snapshot"):
+                final = ev.snapshot
+                continue
+            r = ev.round
+            metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r.metrics.items()))
+            failed = f"  [red]failed: {', '.join(r.sites_failed)}[/red]" if r.sites_failed else ""
+            progress.console.print(
+                f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}  {metrics}{failed}")
+            if r.phase == "evaluate":
+                progress.update(task, completed=r.round)
+    return final
