@@ -1,8 +1,12 @@
 """`make demo`: a whole federation on one machine, on embedded defaults.
 
 OpenBao (dev server) → coordinator → federation_admin bootstrap → join tokens →
-three site daemons (hospital-a, -b, -c) enrol and dial in → shown connected →
-everything shut down (also on Ctrl-C), leaving no stray processes.
+three site daemons (hospital-a, -b, -c) enrol, register their local slice of the
+breast-cancer Wisconsin data, approve the job's code hash, and dial in → an ML engineer
+trains a federated model over 5 rounds and compares it with a centrally trained
+baseline computed in the same run → the signed model is fetched and verified →
+everything shuts down (also on Ctrl-C) → `insitu-audit verify` checks the coordinator's
+log and each site's log offline.
 """
 
 from __future__ import annotations
@@ -24,13 +28,65 @@ from rich.table import Table
 from insitu.identity.admin_bootstrap import bootstrap_admin
 from insitu.identity.credentials import write_private_file
 from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation, free_port
+from insitu.apps.breast_cancer.data import central_baseline, write_site_csvs
+from insitu.cli.progress import follow_job
+from insitu.flower.bundle import app_from_module, code_hash, pack_app
+from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
+from insitu.identity.spiffe import SpiffeId
 from insitu.sdk import Client
+from site_node.approvals import ApprovedCode
 
 __all__ = ["run_demo"]
 
 TRUST_DOMAIN = "demo.insitu"
 SITES = ("hospital-a", "hospital-b", "hospital-c")
+DEMO_APP = "insitu.apps.breast_cancer"
+ROUNDS = 5
 console = Console()
+
+
+def _issue_user(keys: KeyService, name: str, out: Path) -> None:
+    sid = SpiffeId.user(TRUST_DOMAIN, name)
+    key = generate_private_key()
+    cert = keys.sign_csr("user", build_csr(key, sid), uri_sans=[sid.uri], ttl_seconds=3600)
+    Credentials(key_to_pem(key), cert.cert_pem, cert.chain_pem, keys.ca_bundle_pem()).save(out)
+
+
+def _final_accuracy(job: object) -> float:
+    history = getattr(job, "history", [])
+    evals = [r for r in history if r.phase == "evaluate" and "eval-acc" in r.metrics]
+    return float(evals[-1].metrics["eval-acc"]) if evals else 0.0
+
+
+def _verify_logs(ws: Path, keys: dict[str, bytes]) -> bool:
+    """Offline: each log's latest signed checkpoint, then `insitu-audit verify`."""
+    import base64
+
+    console.rule("audit: offline verification of every log")
+    logs = {"coordinator": (ws / "coordinator" / "data" / "audit.db", "insitu-audit",
+                            keys["coordinator"])}
+    for site in SITES:
+        sdir = ws / "sites" / site
+        from insitu.audit.signing import LocalSigner
+        logs[site] = (sdir / "audit.db", "insitu-site-audit",
+                      LocalSigner.from_file(sdir / "audit-signing.key").public_key)
+    ok = True
+    for name, (db, key_name, pub) in logs.items():
+        cp = db.with_suffix(".checkpoint")
+        pubfile = db.with_suffix(".pub")
+        pubfile.write_text(base64.b64encode(pub).decode() + "\n")
+        r = subprocess.run([_bin("insitu-audit"), "checkpoint", "--db", str(db)],
+                           capture_output=True, text=True, check=False)
+        cp.write_text(r.stdout)
+        v = subprocess.run([_bin("insitu-audit"), "verify", "--db", str(db), "--checkpoint",
+                            str(cp), "--pubkey", str(pubfile), "--key-name", key_name],
+                           capture_output=True, text=True, check=False)
+        line = (v.stdout.strip() or v.stderr.strip()).splitlines()[-1] if (v.stdout or v.stderr) \
+            else "no output"
+        mark = "[green]✓[/green]" if v.returncode == 0 else "[red]✗[/red]"
+        console.print(f"{mark} {name:12s} {line}")
+        ok = ok and v.returncode == 0
+    return ok
 
 
 def _bin(name: str) -> str:
@@ -84,6 +140,8 @@ def run_demo(workspace: Path | None = None) -> int:
     procs = _Processes(logs)
     vault = DevVault(log_path=logs / "openbao.log")
     interrupted = False
+    stopped = False
+    stopped = False
 
     def on_sigterm(*_: object) -> None:
         raise KeyboardInterrupt
@@ -146,6 +204,8 @@ def run_demo(workspace: Path | None = None) -> int:
         )
         _wait(lambda: admin.health() == "SERVING", 30, "coordinator health")
 
+        csvs = write_site_csvs(ws / "site-data", SITES, seed=0)
+        app_hash = code_hash(pack_app(app_from_module(DEMO_APP)))
         for site in SITES:
             token = admin.create_join_token(site, 600)
             site_dir = ws / "sites" / site
@@ -179,6 +239,10 @@ def run_demo(workspace: Path | None = None) -> int:
                 f"[green]✓[/green] {site} enrolled with one-time token "
                 f"{token.token_id} (key generated on site, mode 0600)"
             )
+            (site_dir / "datasets.toml").write_text(
+                f'[datasets.bcw]\npath = "{csvs[site]}"\nformat = "csv"\nlabel = "target"\n'
+                'purposes = ["research"]\nepsilon_budget = 10.0\n')
+            ApprovedCode(site_dir).approve(app_hash, "breast-cancer demo app, reviewed")
             procs.start(
                 site,
                 [_bin("insitu-site"), "run", "--site-dir", str(site_dir), "--heartbeat-ms", "1000"],
@@ -204,12 +268,48 @@ def run_demo(workspace: Path | None = None) -> int:
                 f"{(s.cert_not_after_unix - now) / 3600:.1f} h",
             )
         console.print(table)
+        console.print(f"each site approved app code sha256 {app_hash[:16]}… and holds its own "
+                      "CSV; rows never leave the site")
+
+        eve = f"spiffe://{TRUST_DOMAIN}/user/eve"
+        admin.grant_role(eve, "ml_engineer", org="demo-hospitals")
+        eve_dir = ws / "eve"
+        _issue_user(keys, "eve", eve_dir)
+        console.print("[green]✓[/green] ml_engineer identity spiffe://demo.insitu/user/eve")
+        engineer = Client(f"127.0.0.1:{listen}", eve_dir / "cert.pem", eve_dir / "key.pem",
+                          eve_dir / "ca.pem", server_name=f"coordinator.{TRUST_DOMAIN}",
+                          timeout=60)
+        console.rule("federated training: data stays, the model moves")
+        job = engineer.submit_job(DEMO_APP, {s: "bcw" for s in SITES}, rounds=ROUNDS,
+                                  model_name="bcw-mlp", purpose="research")
+        final = follow_job(engineer, job.job_id, ROUNDS, console)
+        if final.state != 3:
+            console.print(f"[red]job failed:[/red] {final.error}")
+            return 1
+        fed_acc = _final_accuracy(final)
+        with console.status("training the central baseline on the pooled data (demo only) …"):
+            central = central_baseline(seed=0)
+        model = engineer.get_model("bcw-mlp", final.model_version,
+                                   signing_key=keys.public_key("model-signing"))
+        engineer.close()
+        gap = abs(central - fed_acc) * 100
+        verdict = "[green]within 3 points[/green]" if gap <= 3 else "[red]more than 3 points[/red]"
+        console.print(f"federated accuracy {fed_acc:.4f}   central baseline {central:.4f}   "
+                      f"gap {gap:.2f} points: {verdict}")
+        console.print(f"[green]✓[/green] model bcw-mlp {model.version}: signature verified "
+                      f"(Vault transit model-signing), {len(model.onnx)} bytes of ONNX, lineage "
+                      f"sites {', '.join(model.manifest['lineage']['sites'])}")
         admin.close()
-        console.print(
-            "[bold green]demo complete[/bold green]: three sites connected over "
-            "mutually authenticated TLS 1.3"
-        )
-        return 0
+        audit_keys = {"coordinator": keys.public_key("audit-signing")}
+        stopped = True
+        with console.status("stopping sites, coordinator and OpenBao …"):
+            procs.stop_all()
+            vault.stop()
+        console.print("[green]✓[/green] all processes stopped (final audit checkpoints signed)")
+        ok = _verify_logs(ws, audit_keys)
+        console.print("[bold green]demo complete[/bold green]" if ok and gap <= 3
+                      else "[bold red]demo finished with failures[/bold red]")
+        return 0 if ok and gap <= 3 else 1
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted; shutting down[/yellow]")
@@ -219,9 +319,10 @@ def run_demo(workspace: Path | None = None) -> int:
         console.print(f"logs are in {logs}")
         return 1
     finally:
-        with console.status("stopping sites, coordinator and OpenBao …"):
-            procs.stop_all()
-            vault.stop()
-        console.print("[green]✓[/green] all processes stopped")
+        if not stopped:
+            with console.status("stopping sites, coordinator and OpenBao …"):
+                procs.stop_all()
+                vault.stop()
+            console.print("[green]✓[/green] all processes stopped")
         if workspace is None and not interrupted:
             shutil.rmtree(ws, ignore_errors=True)

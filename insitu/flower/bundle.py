@@ -20,9 +20,11 @@ import hashlib
 import importlib.util
 import io
 import re
+import shutil
 import stat
 import tomllib
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -170,7 +172,8 @@ def _safe_member_name(info: zipfile.ZipInfo) -> PurePosixPath:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise InsituError(ErrorCode.INVALID_ARGUMENT, f"bundle entry is a symlink: {name!r}")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    kind = stat.S_IFMT(mode)  # 0 when the archiver recorded permission bits only
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise InsituError(
             ErrorCode.INVALID_ARGUMENT, f"bundle entry is not a regular file: {name!r}"
         )
@@ -226,29 +229,47 @@ def unpack_app(
                 f"bundle inflates to {declared} bytes; the limit is {max_total_bytes}",
             )
         dest.mkdir(parents=True, exist_ok=True)
-        root = dest.resolve()
-        written = 0
-        for info in infos:
-            target = (root / info.filename).resolve()
-            if root not in target.parents:
+        try:
+            _extract(archive, infos, dest.resolve(), max_total_bytes)
+        except BaseException as err:
+            # Leave nothing half-written behind for anyone to import by mistake.
+            for child in dest.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            if isinstance(err, zipfile.BadZipFile | zlib.error | EOFError):
                 raise InsituError(
-                    ErrorCode.INVALID_ARGUMENT, f"unsafe path in bundle: {info.filename!r}"
-                )
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, target.open("wb") as out:
-                while chunk := src.read(1 << 16):
-                    written += len(chunk)
-                    if written > max_total_bytes:  # a header that lied about its size
-                        raise InsituError(
-                            ErrorCode.RESOURCE_EXHAUSTED,
-                            f"bundle inflates past {max_total_bytes} bytes",
-                        )
-                    out.write(chunk)
-            target.chmod(0o644)
+                    ErrorCode.INVALID_ARGUMENT, f"bundle is corrupt: {err}"
+                ) from None
+            raise
     return read_app(dest)
+
+
+def _extract(
+    archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path, max_total_bytes: int
+) -> None:
+    written = 0
+    for info in infos:
+        target = (root / info.filename).resolve()
+        if root not in target.parents:
+            raise InsituError(
+                ErrorCode.INVALID_ARGUMENT, f"unsafe path in bundle: {info.filename!r}"
+            )
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, target.open("wb") as out:
+            while chunk := src.read(1 << 16):
+                written += len(chunk)
+                if written > max_total_bytes:  # a header that lied about its size
+                    raise InsituError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"bundle inflates past {max_total_bytes} bytes",
+                    )
+                out.write(chunk)
+        target.chmod(0o644)
 
 
 def _component(components: Mapping[str, Any], key: str, where: Path) -> str:
@@ -267,7 +288,9 @@ def read_app(directory: Path) -> AppLayout:
     directory = Path(directory)
     toml_path = directory / PYPROJECT
     if not toml_path.is_file():
-        raise InsituError(ErrorCode.INVALID_ARGUMENT, f"no {PYPROJECT} in app directory {directory}")
+        raise InsituError(
+            ErrorCode.INVALID_ARGUMENT, f"no {PYPROJECT} in app directory {directory}"
+        )
     try:
         config = tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -303,7 +326,9 @@ def app_from_module(module_name: str) -> Path:
     try:
         spec = importlib.util.find_spec(module_name)
     except (ImportError, ValueError) as err:
-        raise InsituError(ErrorCode.NOT_FOUND, f"cannot find module {module_name!r}: {err}") from None
+        raise InsituError(
+            ErrorCode.NOT_FOUND, f"cannot find module {module_name!r}: {err}"
+        ) from None
     if spec is None or not spec.submodule_search_locations:
         raise InsituError(ErrorCode.NOT_FOUND, f"{module_name!r} is not an installed package")
     for location in spec.submodule_search_locations:

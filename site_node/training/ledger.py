@@ -102,7 +102,9 @@ def _check_epsilon(epsilon: float, *, allow_zero: bool) -> float:
         raise InsituError(ErrorCode.INVALID_ARGUMENT, "epsilon must be a number")
     value = float(epsilon)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InsituError(ErrorCode.INVALID_ARGUMENT, f"epsilon must be finite and > 0, got {value}")
+        raise InsituError(
+            ErrorCode.INVALID_ARGUMENT, f"epsilon must be finite and > 0, got {value}"
+        )
     return value
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "encode_frame",
     "encode_json",
     "read_frame",
+    "write_frame",
 ]
 
 HEADER = struct.Struct(">IB")
@@ -46,6 +47,16 @@ def encode_frame(kind: FrameKind, payload: bytes) -> bytes:
     if len(payload) > MAX_FRAME_BYTES:
         raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"frame of {len(payload)} bytes")
     return HEADER.pack(len(payload), kind) + payload
+
+
+def write_frame(stream: BinaryIO, kind: FrameKind, payload: bytes) -> None:
+    """Write one frame and flush; the payload is written as is, never copied (updates can
+    be hundreds of MB)."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"frame of {len(payload)} bytes")
+    stream.write(HEADER.pack(len(payload), kind))
+    stream.write(payload)
+    stream.flush()
 
 
 def encode_json(kind: FrameKind, obj: Any) -> bytes:

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final, Literal
 
@@ -48,9 +49,9 @@ from insitu.errors import ErrorCode, InsituError
 from site_node.training.protocol import (
     FrameKind,
     decode_json,
-    encode_frame,
     encode_json,
     read_frame,
+    write_frame,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "build_node_config",
     "error_reply",
     "message_type_allowed",
+    "worker_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,9 @@ def _check_node_config(config: Mapping[str, UserConfigValue]) -> None:
             raise InsituError(ErrorCode.INVALID_ARGUMENT, f"node_config {key!r} must be a string")
 
 
-def error_reply(request: bytes, reason: str, code: int = FlowerErrorCode.CLIENT_APP_CRASHED) -> bytes:
+def error_reply(
+    request: bytes, reason: str, code: int = FlowerErrorCode.CLIENT_APP_CRASHED
+) -> bytes:
     """A Flower error reply to ``request`` (e.g. after the runner raised), so the strategy
     counts this node as failed at once instead of waiting for its timeout."""
     message = message_from_proto(ProtoMessage.FromString(request))
@@ -174,22 +178,21 @@ class _Worker:
         self.stdin.write(frame)
         self.stdin.flush()
 
+    def send_frame(self, kind: FrameKind, payload: bytes) -> None:
+        write_frame(self.stdin, kind, payload)  # type: ignore[arg-type]
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
 
     def close(self, grace_s: float) -> None:
         try:
@@ -219,6 +222,7 @@ class ClientAppRunner:
         max_reply_bytes: int = MAX_REPLY_BYTES,
         env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         _check_node_config(node_config)
         if not allowed_categories <= ALLOWED_CATEGORIES:
@@ -237,8 +241,11 @@ class ClientAppRunner:
         self.on_message = on_message
         self.allowed_categories = allowed_categories
         self.max_reply_bytes = max_reply_bytes
-        self._env = dict(env) if env is not None else _worker_env()
+        self._env = dict(env) if env is not None else worker_env()
         self._workdir = Path(workdir) if workdir is not None else self.app_dir
+        # e.g. ("setpriv", "--reuid", "insitu-job", ...) or a bwrap/container wrapper: a
+        # separate uid keeps job code away from the daemon's key files on disk too.
+        self._argv = [*launcher, sys.executable, "-m", "site_node.training.worker"]
         self._worker: _Worker | None = None
         self._state: bytes | None = None  # context.state after the last good message
         self._lock = threading.Lock()
@@ -274,15 +281,16 @@ class ClientAppRunner:
 
     def _ensure_worker(self) -> _Worker:
         if self._closed:
-            raise InsituError(ErrorCode.FAILED_PRECONDITION, f"runner of run {self.run_id} is closed")
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION, f"runner of run {self.run_id} is closed"
+            )
         if self._worker is not None and self._worker.alive():
             return self._worker
         if self._worker is not None:
             self._worker.kill()
             self._worker = None
         tag = f"job-worker run={self.run_id}"
-        worker = _Worker([sys.executable, "-m", "site_node.training.worker"], self._env,
-                         self._workdir, tag)
+        worker = _Worker(self._argv, self._env, self._workdir, tag)
         self.starts += 1
         init = {
             "app_dir": str(self.app_dir), "clientapp": self.clientapp_ref,
@@ -297,7 +305,7 @@ class ClientAppRunner:
             if kind is not FrameKind.READY:
                 raise InsituError(ErrorCode.INTERNAL, f"worker sent {kind.name} instead of READY")
             if self._state is not None:
-                worker.send(encode_frame(FrameKind.STATE, self._state))
+                worker.send_frame(FrameKind.STATE, self._state)
         except BaseException:
             worker.kill()
             raise
@@ -369,10 +377,9 @@ class ClientAppRunner:
             meta = request.metadata
             what = f"{meta.message_type} message {meta.message_id}"
             worker = self._ensure_worker()
-            try:
-                worker.send(encode_frame(FrameKind.REQUEST, message))
-            except (BrokenPipeError, OSError):
-                pass  # it died; the frame reader reports how, below
+            # If it died, the write fails; the frame reader then reports how it ended.
+            with contextlib.suppress(OSError):
+                worker.send_frame(FrameKind.REQUEST, message)
             deadline = time.monotonic() + self.timeout_s
             state: bytes | None = None
             while True:
@@ -429,7 +436,8 @@ def _worker_error(payload: bytes, what: str) -> InsituError:
     return InsituError(code, f"{detail} (during {what})")
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
+    """The default environment of a job worker: an allowlisted subset of this process's."""
     # Reading the daemon's environment here only to *filter* it for the child.
     env = {
         key: value for key, value in os.environ.items()

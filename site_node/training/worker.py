@@ -42,6 +42,7 @@ from site_node.training.protocol import (
     encode_frame,
     encode_json,
     read_frame,
+    write_frame,
 )
 
 __all__ = ["main"]
@@ -143,14 +144,14 @@ class _Worker:
         if ok:
             state = recorddict_to_proto(self._context.state).SerializeToString()
             self._state_bytes = state
-            self._send(encode_frame(FrameKind.STATE, state))
+            write_frame(self._out, FrameKind.STATE, state)
         else:
             # As Flower does: a failed message leaves the node's state as it was.
             self._context.state = recorddict_from_proto(
                 ProtoRecordDict.FromString(self._state_bytes)
             )
         reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # no setter in flwr
-        self._send(encode_frame(FrameKind.REPLY, message_to_proto(reply).SerializeToString()))
+        write_frame(self._out, FrameKind.REPLY, message_to_proto(reply).SerializeToString())
 
     def serve(self, stream: BinaryIO) -> int:
         first = read_frame(stream)

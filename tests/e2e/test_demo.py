@@ -49,6 +49,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "demo complete" in r.stdout
+    assert "within 3" in r.stdout  # federated vs central accuracy
+    assert r.stdout.count(" OK ") >= 4  # coordinator + 3 site logs verify offline
     for site in ("hospital-a", "hospital-b", "hospital-c"):
         assert site in r.stdout
     assert _leftovers(before, ws, r.stdout) == []

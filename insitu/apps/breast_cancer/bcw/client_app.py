@@ -67,7 +67,7 @@ def _train(msg: Message, context: Context) -> Message:
         dp=dp,
         seed=int(run.get("seed", 0)) * 1_000_003 + server_round * 101 + context.node_id % 97,
     )
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         "train-loss": outcome.loss,
         "num-examples": outcome.num_examples,
     }

@@ -73,7 +73,9 @@ def make_strategy(config: UserConfig) -> Strategy:
         "client-fixed": DifferentialPrivacyClientSideFixedClipping,
     }
     if server_dp not in wrappers:
-        raise ValueError(f"unknown server-dp {server_dp!r}; choose none, server-fixed, client-fixed")
+        raise ValueError(
+            f"unknown server-dp {server_dp!r}; choose none, server-fixed or client-fixed"
+        )
     return wrappers[server_dp](
         strategy,
         noise_multiplier=float(config.get("server-dp-noise", 0.1)),
@@ -95,9 +97,10 @@ def run_server(grid: Grid, context: Context) -> Result:
         initial_arrays=new_arrays(int(config.get("seed", 0))),
         num_rounds=int(config.get("num-server-rounds", 5)),
         timeout=float(config.get("round-timeout", 3600.0)),
-        train_config=ConfigRecord(
-            {"lr": float(config.get("lr", 0.01)), "local-epochs": int(config.get("local-epochs", 5))}
-        ),
+        train_config=ConfigRecord({
+            "lr": float(config.get("lr", 0.01)),
+            "local-epochs": int(config.get("local-epochs", 5)),
+        }),
         evaluate_config=ConfigRecord(),
     )
     if not result.train_metrics_clientapp:

@@ -87,7 +87,8 @@ def preprocess(raw: npt.NDArray[np.floating]) -> Features:
     if raw.ndim != 2 or raw.shape[1] != len(FEATURES):
         raise ValueError(f"expected [rows, {len(FEATURES)}] features, got {list(raw.shape)}")
     scaled = (np.log1p(np.clip(raw, 0.0, None)) - _LOG1P_MEAN) / _LOG1P_STD
-    return scaled.astype(np.float32)
+    out: Features = scaled.astype(np.float32)
+    return out
 
 
 def load_table(path: str | Path) -> tuple[Features, Labels]:
@@ -98,7 +99,9 @@ def load_table(path: str | Path) -> tuple[Features, Labels]:
     frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     missing = [c for c in (*FEATURES, LABEL) if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path.name} lacks {len(missing)} expected column(s), e.g. {missing[0]!r}")
+        raise ValueError(
+            f"{path.name} lacks {len(missing)} expected column(s), e.g. {missing[0]!r}"
+        )
     features = preprocess(frame[list(FEATURES)].to_numpy())
     labels = frame[LABEL].to_numpy().astype(np.int64)
     return features, labels

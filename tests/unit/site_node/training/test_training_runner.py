@@ -16,7 +16,7 @@ from insitu.apps.breast_cancer.bcw.task import new_arrays
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower import app_from_module, read_app
 from site_node.training import ClientAppRunner, build_node_config, error_reply
-from site_node.training.runner import message_type_allowed
+from site_node.training.runner import message_type_allowed, worker_env
 
 RUN_ID = 4242
 NODE_ID = 77
@@ -41,18 +41,12 @@ def probe(events: list[Event], tmp_path: Path) -> Iterator[ClientAppRunner]:
         run_config=read_app(PROBE_APP).run_config({"greeting": "hi"}),
         timeout_s=20,
         on_message=lambda *event: events.append(event),
-        env={**_base_env(), "INSITU_TEST_SECRET": "do-not-leak"},
+        env={**worker_env(), "INSITU_TEST_SECRET": "do-not-leak"},
     )
     try:
         yield runner
     finally:
         runner.close()
-
-
-def _base_env() -> dict[str, str]:
-    from site_node.training.runner import worker_env
-
-    return worker_env()
 
 
 def _task(message_type: str, **kwargs: object) -> bytes:
@@ -96,6 +90,16 @@ def test_environment_is_filtered_by_default(tmp_path: Path) -> None:
             assert _info(runner.handle(_task("evaluate")))["secret-env"] == "<absent>"
     finally:
         del os.environ["INSITU_TEST_SECRET"]
+
+
+def test_launcher_wraps_the_worker_command(tmp_path: Path) -> None:
+    runner = ClientAppRunner(
+        PROBE_APP, "probe.client_app:app",
+        build_node_config(0, 1, "d", tmp_path / "d.csv", device="cpu"), RUN_ID, NODE_ID,
+        launcher=["env", "INSITU_TEST_SECRET=set-by-launcher"],
+    )
+    with runner:
+        assert _info(runner.handle(_task("train")))["secret-env"] == "set-by-launcher"
 
 
 def test_state_persists_across_messages_and_stdout_prints_are_harmless(

@@ -1,0 +1,1 @@
+"""byoquick: A Flower / PyTorch app."""

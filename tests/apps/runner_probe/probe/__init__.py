@@ -1,0 +1,1 @@
+"""Probe app: counts messages in context.state and fails on request."""
