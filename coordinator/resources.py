@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from insitu.authz import EntityRef, Resource
 from insitu.errors import ErrorCode, InsituError
 from insitu.identity.principal import Principal
-from insitu.identity.spiffe import SpiffeId
+from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.methods import Resource as MethodResource
 
 if TYPE_CHECKING:
@@ -74,7 +74,27 @@ def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
                 return model_resource(m)
         raise InsituError(ErrorCode.NOT_FOUND, f"model {r.id} not found")
 
+    def manifest_of(name: str, version: str = "") -> dict[str, Any]:
+        found = [m for m in registry.list() if m["name"] == name]
+        if version:
+            found = [m for m in found if m["version"] == version]
+        if not found:
+            raise InsituError(ErrorCode.NOT_FOUND, f"model {name} {version} not found")
+        return max(found, key=lambda m: int(m["version"][1:]))
+
+    def model_at_site(p: Principal, r: MethodResource, req: Any) -> Resource:
+        validate_name(req.site_id, "site_id")
+        version = getattr(req, "version", "") or ""
+        m = manifest_of(req.name, version if version.startswith("v") else "")
+        return Resource("ModelVersion", f"{m['name']}:{m['version']}@{req.site_id}",
+                        {"model": model_resource(m), "site": EntityRef("Site", req.site_id)})
+
+    def model_grant(p: Principal, r: MethodResource, req: Any) -> Resource:
+        return model_resource(manifest_of(req.name))
+
     authz.resolvers.update({
+        "model.deploy": model_at_site, "model.promote": model_at_site,
+        "model.rollback": model_at_site, "model.grant": model_grant,
         "role.grant": role_binding, "role.revoke": role_binding, "job.submit": job_submit,
         "job.read": job_read, "model.read": model_read,
     })

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.authorization import CoordinatorAuthorizer
+from coordinator.deployments import DeploymentManager
 from coordinator.jobs import JobManager, JobSettings
 from coordinator.registry import ModelRegistry
 from coordinator.resources import install_resolvers
@@ -23,10 +24,16 @@ from coordinator.servicers import (
     ModelsServicer,
     SiteSessionServicer,
 )
-from coordinator.sessions import SessionRegistry
+from coordinator.sessions import Session, SessionRegistry
 from coordinator.settings import CoordinatorSettings, default_policy_dir
 from coordinator.store import CoordinatorStore
-from insitu._proto.v1 import admin_pb2_grpc, enrolment_pb2_grpc, jobs_pb2_grpc, session_pb2_grpc
+from insitu._proto.v1 import (
+    admin_pb2_grpc,
+    enrolment_pb2_grpc,
+    jobs_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from insitu.audit import AuditLog, SqliteAuditStore
 from insitu.authz import PolicyEngine
 from insitu.errors import ErrorCode, InsituError
@@ -119,6 +126,12 @@ class Coordinator:
             settings=JobSettings(approval_timeout_s=settings.job_approval_timeout_s,
                                  max_update_bytes=settings.max_update_bytes),
         )
+        self.deployments = DeploymentManager(self.sessions, self.registry, self.keys,
+                                             self.store, settings.trust_domain)
+        self.deployments.revoked = self.revocation.snapshot
+        self.revocation.on_revoke(lambda serial: self.deployments.sync_all())
+        self.sessions.on_change(
+            lambda event, s: self.deployments.sync(s) if event == "open" else None)
         install_resolvers(self.authorizer, self.jobs, self.registry)
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
@@ -210,6 +223,13 @@ class Coordinator:
             endpoints["listen"],
             endpoints["enrol"],
         )
+
+    def on_site_message(self, session: Session, msg: session_pb2.SiteMessage) -> None:
+        """Everything a site sends besides Hello and heartbeats lands here."""
+        if msg.WhichOneof("body") == "deploy_result":
+            self.deployments.on_result(session, msg.deploy_result)
+        else:
+            self.jobs.on_site_message(session, msg)
 
     def reload_policy(self) -> tuple[str, str]:
         """Atomic: a refused set raises, is audited, and the old set stays in force."""

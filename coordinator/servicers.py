@@ -65,7 +65,9 @@ class EnrolmentServicer(enrolment_pb2_grpc.EnrolmentServicer):
         )
         annotate(token_id=token_id, serial=f"{result.cert.serial:x}")
         return enrolment_pb2.EnrolResponse(
-            certificate=_issued(result), trust_domain=self.c.settings.trust_domain
+            certificate=_issued(result), trust_domain=self.c.settings.trust_domain,
+            model_signing_keys=self.c.keys.public_keys("model-signing"),
+            audit_signing_key=self.c.keys.public_key("audit-signing"),
         )
 
 
@@ -82,7 +84,7 @@ class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):
             principal,
             self.c.sessions,
             self.c.store,
-            self.c.settings.heartbeat_interval_ms, on_message=self.c.jobs.on_site_message,
+            self.c.settings.heartbeat_interval_ms, on_message=self.c.on_site_message,
         )
 
     def Renew(
@@ -143,13 +145,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     def GrantRole(self, request: admin_pb2.RoleBinding,  # noqa: N802
                   context: grpc.ServicerContext) -> admin_pb2.RoleBinding:
-        return roles.grant_role(self.c.store, self.c.authorizer, request,
-                                self.c.settings.trust_domain, current_principal().spiffe_id.uri)
+        b = roles.grant_role(self.c.store, self.c.authorizer, request,
+                             self.c.settings.trust_domain, current_principal().spiffe_id.uri)
+        self.c.deployments.sync_all()
+        return b
 
     def RevokeRole(self, request: admin_pb2.RoleBinding,  # noqa: N802
                    context: grpc.ServicerContext) -> admin_pb2.RevokeRoleResponse:
         removed = roles.revoke_role(self.c.store, self.c.authorizer, request,
                                     self.c.settings.trust_domain)
+        self.c.deployments.sync_all()
         return admin_pb2.RevokeRoleResponse(removed=removed)
 
     def ListRoles(self, request: admin_pb2.ListRolesRequest,  # noqa: N802
@@ -228,3 +233,25 @@ class ModelsServicer(jobs_pb2_grpc.ModelsServicer):
         return jobs_pb2.ModelArtifact(
             summary=_summary(rec.info), state=rec.state, onnx=rec.onnx, manifest=rec.manifest,
             signature=rec.signature, key_version=rec.key_version)
+
+    def DeployModel(self, request: jobs_pb2.DeployModelRequest,  # noqa: N802
+                    context: grpc.ServicerContext) -> jobs_pb2.DeploymentStatus:
+        annotate(model=request.name, version=request.version, site=request.site_id,
+                 canary_percent=str(request.canary_percent))
+        return self.c.deployments.deploy(request)
+
+    def PromoteModel(self, request: jobs_pb2.ModelControlRequest,  # noqa: N802
+                     context: grpc.ServicerContext) -> jobs_pb2.DeploymentStatus:
+        annotate(model=request.name, site=request.site_id)
+        return self.c.deployments.control(request, "promote")
+
+    def RollbackModel(self, request: jobs_pb2.ModelControlRequest,  # noqa: N802
+                      context: grpc.ServicerContext) -> jobs_pb2.DeploymentStatus:
+        annotate(model=request.name, site=request.site_id)
+        return self.c.deployments.control(request, "rollback")
+
+    def GrantModel(self, request: jobs_pb2.GrantModelRequest,  # noqa: N802
+                   context: grpc.ServicerContext) -> jobs_pb2.GrantModelResponse:
+        annotate(model=request.name, principal=request.principal)
+        self.c.deployments.grant(request)
+        return jobs_pb2.GrantModelResponse()

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from insitu.authz.bundle import default_policy_dir
+
 __all__ = ["CoordinatorSettings", "default_policy_dir"]
 
 
-def default_policy_dir() -> Path:
-    """The federation policies shipped beside the package (policies/rbac)."""
-    return Path(__file__).resolve().parent.parent / "policies" / "rbac"
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS site_certs (
   revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS site_certs_site ON site_certs(site_id);
+CREATE TABLE IF NOT EXISTS model_grants (
+  model TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  PRIMARY KEY (model, principal)
+);
 CREATE TABLE IF NOT EXISTS role_bindings (
   principal TEXT NOT NULL,
   role TEXT NOT NULL,
@@ -274,6 +279,17 @@ class CoordinatorStore:
                 (principal, role, site, org),
             )
             return cur.rowcount == 1
+
+    def grant_model(self, model: str, principal: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO model_grants VALUES (?, ?)", (model, principal))
+
+    def model_grants(self) -> list[tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model, principal FROM model_grants ORDER BY model, principal"
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def bindings_of(self, principal: str | None) -> list[BindingRow]:
         q = ("SELECT principal, role, site, org, not_before, not_after, granted_by"

@@ -14,6 +14,16 @@ from insitu.audit import AuditLog, SqliteAuditStore
 from insitu.audit.signing import LocalSigner
 from insitu.identity.credentials import write_private_file
 from insitu.rpc.audit import RpcAuditor
+import threading
+
+from insitu._proto.v1 import session_pb2
+from insitu.authz.bundle import default_policy_dir
+from site_node.deployments import SiteDeployments, pinned_verifier
+from site_node.enrol import pinned_model_keys
+from site_node.serving.repository import ModelRepository
+from site_node.serving.service import ServingRuntime
+from site_node.site_api import SiteApiServer
+from site_node.site_authz import SiteAuthorizer, SiteAuthState
 from site_node.approvals import ApprovedCode
 from site_node.egress import EgressGuard
 from site_node.jobs import SiteJobs
@@ -60,8 +70,7 @@ class SiteDaemon:
         self.guard = EgressGuard(lambda kind, reason: self.auditor.event(
             "egress.refused", "egress", ("SiteMessage", kind), outcome="denied",
             reason="egress_guard", attrs={"reason": reason[:200]}))
-        self.session = SiteSession(settings, self.guard,
-                                   on_inbound=lambda m: self.jobs.on_message(m))
+        self.session = SiteSession(settings, self.guard, on_inbound=self._on_inbound)
         self.jobs = SiteJobs(
             site_dir=d, site_id=settings.site_id, trust_domain=settings.trust_domain,
             datasets=self.datasets, ledger=self.ledger, approvals=self.approvals,
@@ -70,11 +79,44 @@ class SiteDaemon:
                 event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs),
         )
 
+        self.runtime = ServingRuntime(ModelRepository(d / "models"),
+                                      verifier=pinned_verifier(pinned_model_keys(d)))
+        self.deployments = SiteDeployments(
+            self.runtime, pinned_verifier(pinned_model_keys(d)), self.session.send,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("Model", attrs.get("model", "-")), attrs=attrs))
+        self.authz_state = SiteAuthState()
+        self.authorizer = SiteAuthorizer(
+            settings.policy_dir or default_policy_dir(), settings.local_policy_dir,
+            settings.trust_domain, self.authz_state, settings.site_id)
+        self.api: SiteApiServer | None = None
+
+    def _on_inbound(self, msg: session_pb2.CoordinatorMessage) -> None:
+        kind = msg.WhichOneof("body")
+        if kind == "authz_sync":
+            self.authz_state.update(msg.authz_sync)
+            if self.api is not None:
+                self.api.revocation.refresh()
+        elif kind == "model_deploy":
+            threading.Thread(target=self.deployments.on_deploy, args=(msg.model_deploy,),
+                             daemon=True).start()
+        elif kind == "model_control":
+            self.deployments.on_control(msg.model_control)
+        else:
+            self.jobs.on_message(msg)
+
     def run(self) -> None:
         """Blocking until :meth:`stop`; raises SiteRefused if the federation refuses us."""
+        self.runtime.start()
+        self.api = SiteApiServer(self.settings, self.runtime, self.authorizer, self.authz_state,
+                                 self.auditor)
+        self.api.start()
+        self.session.status.api_port = self.api.port
         try:
             self.session.run()
         finally:
+            self.api.stop()
+            self.runtime.close()
             self.jobs.close()
             self.ledger.close()
             self.audit_log.close()

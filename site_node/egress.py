@@ -21,7 +21,7 @@ from insitu.errors import ErrorCode, InsituError
 
 __all__ = ["EgressGuard", "EgressRefused"]
 
-CONTROL = frozenset({"hello", "heartbeat", "job_decision"})
+CONTROL = frozenset({"hello", "heartbeat", "job_decision", "deploy_result"})
 MAX_CONFIG_ENTRIES = 64
 
 

@@ -57,6 +57,7 @@ def enrol(
     if info.spiffe_id != expected:
         raise InsituError(ErrorCode.INTEGRITY, "issued certificate names another identity")
     creds = Credentials(key_to_pem(key), issued.cert_pem, issued.chain_pem, issued.ca_pem)
+    pin_trust(site_dir, dict(reply.model_signing_keys), reply.audit_signing_key)
     settings = SiteSettings(
         site_id=site_id, trust_domain=trust_domain, coordinator=coordinator, site_dir=site_dir
     )
@@ -65,6 +66,34 @@ def enrol(
     toml = settings_to_toml("site", settings).replace(f'site_dir = "{site_dir}"\n', "")
     (site_dir / SITE_FILE).write_text(toml)
     return settings
+
+
+TRUST_DIR = "trust"
+
+
+def pin_trust(site_dir: Path, model_keys: dict[int, bytes], audit_key: bytes) -> None:
+    """Pin, at enrolment, the keys this site will trust for served models and for the
+    coordinator's audit checkpoints (raw Ed25519 public keys, by transit key version)."""
+    import base64
+    import json
+
+    if not model_keys or any(len(k) != 32 for k in model_keys.values()) or len(audit_key) != 32:
+        raise InsituError(ErrorCode.INTEGRITY, "enrolment returned malformed signing keys")
+    d = site_dir / TRUST_DIR
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (d / "model-signing.json").write_text(json.dumps(
+        {str(v): base64.b64encode(k).decode() for v, k in sorted(model_keys.items())}))
+    (d / "coordinator-audit.pub").write_text(base64.b64encode(audit_key).decode() + "\n")
+
+
+def pinned_model_keys(site_dir: Path) -> dict[int, bytes]:
+    import base64
+    import json
+
+    path = site_dir / TRUST_DIR / "model-signing.json"
+    if not path.exists():
+        raise InsituError(ErrorCode.CONFIG, f"{path} is missing: re-enrol this site")
+    return {int(v): base64.b64decode(k) for v, k in json.loads(path.read_text()).items()}
 
 
 def _code_for(e: grpc.RpcError) -> ErrorCode:

@@ -48,6 +48,7 @@ class SessionStatus:
     cert_serial: str = ""
     cert_not_after: int = 0
     last_error: str = ""
+    api_port: int = 0
 
 
 Inbound = Callable[[session_pb2.CoordinatorMessage], None]

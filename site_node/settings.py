@@ -22,6 +22,10 @@ class SiteSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     renew_at_fraction: float = 2 / 3
+    # The site API (Predict) for callers inside the site: mTLS, loopback by default.
+    api_listen: str = "127.0.0.1:0"
+    policy_dir: Path | None = None
+    local_policy_dir: Path | None = None
 
     @property
     def tls_dir(self) -> Path:

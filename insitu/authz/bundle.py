@@ -165,3 +165,8 @@ def load_bundle(federation_dir: Path, local_dir: Path | None = None) -> PolicyBu
         ids=ids,
         files=tuple(label for label, _, _ in sources),
     )
+
+
+def default_policy_dir() -> Path:
+    """The federation policies shipped with insitu (``policies/rbac`` beside the package)."""
+    return Path(__file__).resolve().parents[2] / "policies" / "rbac"

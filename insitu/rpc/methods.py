@@ -82,6 +82,10 @@ METHODS: dict[str, MethodRule] = {
         "model.read", _CALLERS, _federation, idempotent=True, per_item=True
     ),
     "/insitu.v1.Models/GetModel": MethodRule("model.read", _CALLERS, _model_of, idempotent=True),
+    "/insitu.v1.Models/DeployModel": MethodRule("model.deploy", _USER, _model_of),
+    "/insitu.v1.Models/PromoteModel": MethodRule("model.promote", _USER, _model_of),
+    "/insitu.v1.Models/RollbackModel": MethodRule("model.rollback", _USER, _model_of),
+    "/insitu.v1.Models/GrantModel": MethodRule("model.grant", _USER, _model_of),
     "/insitu.v1.SiteApi/Predict": MethodRule("predict", _CALLERS, _model_of),
     "/insitu.v1.SiteApi/PredictStream": MethodRule("predict", _CALLERS, _model_of),
     "/grpc.health.v1.Health/Check": MethodRule("health.check", _ANY, _federation, idempotent=True),

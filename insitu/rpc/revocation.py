@@ -50,9 +50,12 @@ class RevocationList:
             self._serials = serials
             self._fresh_at = self._clock()
 
-    def start(self) -> None:
-        """Fetch once (raising if that fails) and keep refreshing in the background."""
-        self.refresh()
+    def start(self, *, initial: bool = True) -> None:
+        """Fetch once (raising if that fails; skipped with ``initial=False``, leaving the
+        status unknown, i.e. failing closed, until a refresh succeeds) and keep refreshing
+        in the background."""
+        if initial:
+            self.refresh()
         self._thread = threading.Thread(target=self._loop, name="crl-refresh", daemon=True)
         self._thread.start()
 
@@ -80,6 +83,11 @@ class RevocationList:
         """Call ``callback(serial)`` whenever a serial is revoked through :meth:`add`."""
         with self._lock:
             self._listeners.append(callback)
+
+    def snapshot(self) -> frozenset[int]:
+        """Every serial known to be revoked (CRL plus local revocations)."""
+        with self._lock:
+            return self._serials | frozenset(self._local)
 
     def is_revoked(self, serial: int) -> bool:
         """True if revoked. Raises UNAVAILABLE if revocation status is unknown (stale)."""

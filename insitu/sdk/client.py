@@ -268,6 +268,30 @@ class Client:
         return ModelArtifact.verified(r, signing_key)
 
 
+    def deploy_model(self, name: str, version: str, site_id: str, *,
+                     canary_percent: float = 0.0,
+                     timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
+        """Have ``site_id`` fetch, verify and serve (or canary) a signed model version."""
+        return self._call(self._models.DeployModel, jobs_pb2.DeployModelRequest(
+            name=name, version=version, site_id=site_id, canary_percent=canary_percent),
+            timeout or 180)
+
+    def promote_model(self, name: str, site_id: str, *,
+                      timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
+        return self._call(self._models.PromoteModel,
+                          jobs_pb2.ModelControlRequest(name=name, site_id=site_id), timeout)
+
+    def rollback_model(self, name: str, site_id: str, *,
+                       timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
+        return self._call(self._models.RollbackModel,
+                          jobs_pb2.ModelControlRequest(name=name, site_id=site_id), timeout)
+
+    def grant_model(self, name: str, principal: str, *, timeout: float | None = None) -> None:
+        """Allow ``principal`` (a SPIFFE id with the inference_client role) to predict."""
+        self._call(self._models.GrantModel,
+                   jobs_pb2.GrantModelRequest(name=name, principal=principal), timeout)
+
+
 @dataclass(frozen=True)
 class ModelArtifact:
     name: str

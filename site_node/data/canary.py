@@ -33,8 +33,10 @@ def make_canaries(
     out: dict[str, list[str]] = {}
     for column in columns:
         if column in pan_columns:
-            bodies = ["9" + "".join(secrets.choice("0123456789") for _ in range(17))
-                      for _ in range(per_column)]
+            bodies = [
+                "9" + "".join(secrets.choice("0123456789") for _ in range(17))
+                for _ in range(per_column)
+            ]
             out[column] = [b + luhn_check_digit(b) for b in bodies]
         else:
             tag = "".join(ch for ch in column.upper() if ch.isalnum())[:8]

@@ -66,7 +66,9 @@ class Dataset:
     fingerprint: str
 
 
-def dataset_specs(config: Mapping[str, Mapping[str, Any]], *, base_dir: Path) -> dict[str, DatasetSpec]:
+def dataset_specs(
+    config: Mapping[str, Mapping[str, Any]], *, base_dir: Path
+) -> dict[str, DatasetSpec]:
     """Parse the ``datasets`` table of a site config; relative paths are taken from
     ``base_dir`` (the site directory)."""
     specs: dict[str, DatasetSpec] = {}
@@ -82,8 +84,9 @@ def dataset_specs(config: Mapping[str, Mapping[str, Any]], *, base_dir: Path) ->
         fmt = str(entry.get("format", path.suffix.lstrip(".").lower()))
         if fmt not in FORMATS:
             raise InsituError(ErrorCode.CONFIG, f"dataset {name!r}: format must be csv or parquet")
-        specs[name] = DatasetSpec(name=name, path=path, format=fmt,
-                                  policy=base_dir / str(entry["policy"]))
+        specs[name] = DatasetSpec(
+            name=name, path=path, format=fmt, policy=base_dir / str(entry["policy"])
+        )
     return specs
 
 
@@ -118,10 +121,18 @@ def load_dataset(spec: DatasetSpec, *, policy_base_dir: Path | None = None) -> D
         raise InsituError(
             ErrorCode.CONFIG, f"dataset {spec.name!r} names a policy for {policy.dataset!r}"
         )
-    text_columns = [r.name for r in policy.columns if r.action in _TEXT_ACTIONS or (
-        r.action == "generalize" and r.kind in ("zip", "free_text"))]
-    return Dataset(spec=spec, frame=_parse(raw, spec, text_columns), policy=policy,
-                   fingerprint=fingerprint_bytes(raw))
+    text_columns = [
+        r.name
+        for r in policy.columns
+        if r.action in _TEXT_ACTIONS
+        or (r.action == "generalize" and r.kind in ("zip", "free_text"))
+    ]
+    return Dataset(
+        spec=spec,
+        frame=_parse(raw, spec, text_columns),
+        policy=policy,
+        fingerprint=fingerprint_bytes(raw),
+    )
 
 
 def write_dataset(frame: pd.DataFrame, path: Path, fmt: str) -> str:
@@ -151,7 +162,9 @@ def _parse(raw: bytes, spec: DatasetSpec, text_columns: list[str]) -> pd.DataFra
     try:
         if spec.format == "csv":
             frame: pd.DataFrame = pd.read_csv(
-                io.BytesIO(raw), dtype={c: "string" for c in text_columns}, keep_default_na=False,
+                io.BytesIO(raw),
+                dtype={c: "string" for c in text_columns},
+                keep_default_na=False,
                 na_values=[""],
             )
             return frame

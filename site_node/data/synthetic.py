@@ -37,11 +37,26 @@ __all__ = [
 ]
 
 PATIENT_COLUMNS = (
-    "patient_name", "ssn", "mrn", "birth_date", "admission_date", "age", "zip",
-    "email", "phone", "address", "note",
+    "patient_name",
+    "ssn",
+    "mrn",
+    "birth_date",
+    "admission_date",
+    "age",
+    "zip",
+    "email",
+    "phone",
+    "address",
+    "note",
 )
 TRANSACTION_COLUMNS = (
-    "pan", "cardholder_name", "amount", "merchant", "mcc", "merchant_zip", "timestamp",
+    "pan",
+    "cardholder_name",
+    "amount",
+    "merchant",
+    "mcc",
+    "merchant_zip",
+    "timestamp",
     "is_fraud",
 )
 # String columns that hold direct identifiers (the canary test plants values here).
@@ -52,9 +67,14 @@ IDENTIFIER_COLUMNS: Mapping[str, tuple[str, ...]] = {
 # A hospital's patients live near it: a few ZIP3 areas, one of them (036) low-population.
 DEFAULT_ZIP3 = ("021", "024", "036")
 _MERCHANTS = (
-    ("Corner Grocery", "5411"), ("City Fuel", "5541"), ("Blue Diner", "5812"),
-    ("Metro Transit", "4111"), ("Book Nook", "5942"), ("Pharma Plus", "5912"),
-    ("Electro World", "5732"), ("Sky Airlines", "4511"),
+    ("Corner Grocery", "5411"),
+    ("City Fuel", "5541"),
+    ("Blue Diner", "5812"),
+    ("Metro Transit", "4111"),
+    ("Book Nook", "5942"),
+    ("Pharma Plus", "5912"),
+    ("Electro World", "5732"),
+    ("Sky Airlines", "4511"),
 )
 _PAN_PREFIXES = ("4", "51", "52", "53", "54", "55")
 
@@ -147,8 +167,10 @@ def generate_patients(
         for a, y, extra in zip(admitted, age, rng.integers(0, 365, size=n), strict=True)
     ]
     pool = np.array(list(zip3_pool))
-    zips = [f"{p}{s:02d}" for p, s in zip(rng.choice(pool, size=n), rng.integers(0, 100, n),
-                                          strict=True)]
+    zips = [
+        f"{p}{s:02d}"
+        for p, s in zip(rng.choice(pool, size=n), rng.integers(0, 100, n), strict=True)
+    ]
     frame = pd.DataFrame(
         {
             "patient_name": [fake.name() for _ in range(n)],
@@ -166,8 +188,9 @@ def generate_patients(
     _plant(frame, canaries)
     frame["note"] = [
         f"Seen {adm}: {name}, {a} y. {fake.sentence(nb_words=8)}"
-        for adm, name, a in zip(frame["admission_date"], frame["patient_name"], frame["age"],
-                                strict=True)
+        for adm, name, a in zip(
+            frame["admission_date"], frame["patient_name"], frame["age"], strict=True
+        )
     ]
     if canaries and "note" in canaries:
         _plant(frame, {"note": canaries["note"]})
@@ -260,8 +283,8 @@ def split_label_skew(
     seed: int = 0,
     min_rows: int = 1,
 ) -> list[pd.DataFrame]:
-    """Non-IID partition over ``sites``: each label's rows are shared out by Dirichlet(α)
-    proportions (small α → strong skew). Every row goes to exactly one site; each site
+    """Non-IID partition over ``sites``: each label's rows are shared out by Dirichlet(alpha)
+    proportions (small alpha: strong skew). Every row goes to exactly one site; each site
     gets at least ``min_rows`` rows (proportions are redrawn until so)."""
     if sites < 1 or alpha <= 0:
         raise InsituError(ErrorCode.INVALID_ARGUMENT, "need sites >= 1 and alpha > 0")

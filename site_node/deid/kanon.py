@@ -21,6 +21,7 @@ from insitu.errors import ErrorCode, InsituError
 __all__ = ["KAnonymity", "enforce_k_anonymity", "group_sizes"]
 
 _SIZES_SHOWN = 25
+_DENSE_SPAN = 1 << 24  # count with bincount while the key space is at most this big
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,27 @@ def group_sizes(table: pa.Table, quasi_identifiers: Sequence[str]) -> tuple[np.n
     """
     n = table.num_rows
     key = np.zeros(n, dtype=np.int64)
+    span = 1  # key values lie in [0, span)
     for name in quasi_identifiers:
         encoded = pc.dictionary_encode(table.column(name).combine_chunks(), null_encoding="encode")
         codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        # Re-densify after each column so the mixed-radix key can never overflow.
-        key = key * max(len(encoded.dictionary), 1) + codes
-        _, key = np.unique(key, return_inverse=True)
+        width = max(len(encoded.dictionary), 1)
+        if span * width > _DENSE_SPAN:
+            # Re-densify so the mixed-radix key can never overflow.
+            _, key = np.unique(key, return_inverse=True)
+            key = key.reshape(-1)
+            span = int(key.max()) + 1 if n else 1
+        key = key * width + codes
+        span *= width
     if n == 0:
         return key, np.zeros(0, dtype=np.int64)
+    if span <= _DENSE_SPAN:
+        # Small key space (the usual case: a few generalized columns): count directly.
+        counts = np.bincount(key, minlength=span)
+        present = np.flatnonzero(counts)
+        remap = np.zeros(span, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        return remap[key], counts[present]
     _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     return inverse.reshape(-1), counts
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -191,9 +191,7 @@ def load_policy(
     return policy
 
 
-def parse_policy(
-    doc: Any, *, base_loader: Any = None
-) -> Policy:
+def parse_policy(doc: Any, *, base_loader: Callable[[str], Any] | None = None) -> Policy:
     """Validate a parsed dataset policy document and resolve it.
 
     ``base_loader(name) -> document`` supplies the base policy; without one, a policy
@@ -210,8 +208,7 @@ def parse_policy(
         base_doc = base_loader(doc["base"])
         base_id, base_rules = _parse_base(base_doc, doc["base"])
     rules = tuple(
-        _resolve_column(name, spec, base_rules, base_id)
-        for name, spec in doc["columns"].items()
+        _resolve_column(name, spec, base_rules, base_id) for name, spec in doc["columns"].items()
     )
     policy = Policy(
         dataset=doc["dataset"],
@@ -264,8 +261,9 @@ def _resolve_column(
     chosen, source = own, "dataset"
     if candidates and base_id is not None:
         top = max(strictness(p["action"], p) for _, _, p in candidates)
-        strongest = [(t, letter, p) for t, letter, p in candidates
-                     if strictness(p["action"], p) == top]
+        strongest = [
+            (t, letter, p) for t, letter, p in candidates if strictness(p["action"], p) == top
+        ]
         if any(p != strongest[0][2] for _, _, p in strongest):
             raise InsituError(
                 ErrorCode.POLICY_INVALID,
@@ -274,8 +272,10 @@ def _resolve_column(
             )
         _, letter, base_params = strongest[0]
         mine = strictness(own["action"], own)
-        same_kind = (own["action"], own.get("kind")) == (base_params["action"],
-                                                         base_params.get("kind"))
+        same_kind = (own["action"], own.get("kind")) == (
+            base_params["action"],
+            base_params.get("kind"),
+        )
         if not (mine > top or (mine == top and same_kind)):
             chosen, source = base_params, f"base:{base_id[0]}/{letter}"
     params = {k: v for k, v in chosen.items() if k != "action"}
@@ -328,9 +328,7 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise InsituError(ErrorCode.POLICY_INVALID, f"policy file {path} not found") from None
     except OSError as exc:
-        raise InsituError(
-            ErrorCode.POLICY_INVALID, f"policy file {path}: {exc.strerror}"
-        ) from None
+        raise InsituError(ErrorCode.POLICY_INVALID, f"policy file {path}: {exc.strerror}") from None
     if len(raw) > _MAX_POLICY_BYTES:
         raise InsituError(ErrorCode.POLICY_INVALID, f"policy file {path} is too large")
     try:
@@ -370,7 +368,8 @@ def _check_keys(node: Any) -> None:
         for key, value in node.items():
             if not isinstance(key, str):
                 raise InsituError(
-                    ErrorCode.POLICY_INVALID, f"policy keys must be strings, got {type(key).__name__}"
+                    ErrorCode.POLICY_INVALID,
+                    f"policy keys must be strings, got {type(key).__name__}",
                 )
             _check_keys(value)
     elif isinstance(node, list):

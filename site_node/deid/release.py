@@ -56,9 +56,21 @@ ATTESTATION_TYPE = "insitu.release-attestation/v1"
 BATCH_FORMAT = "arrow-ipc-stream"
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REQUIRED = (
-    "type", "dataset", "dataset_fingerprint", "policy_hash", "policy_version", "rows_in",
-    "rows_out", "k_required", "k_achieved", "epsilon_charged", "approver", "purposes",
-    "created_at", "batch_format", "batch_sha256",
+    "type",
+    "dataset",
+    "dataset_fingerprint",
+    "policy_hash",
+    "policy_version",
+    "rows_in",
+    "rows_out",
+    "k_required",
+    "k_achieved",
+    "epsilon_charged",
+    "approver",
+    "purposes",
+    "created_at",
+    "batch_format",
+    "batch_sha256",
 )
 
 
@@ -117,15 +129,18 @@ def apply_policy(
 ) -> tuple[pa.Table, dict[str, int]]:
     """Every column through its rule (dropped columns left out), in data order, and the
     count of malformed values nulled per column (only columns with any)."""
-    policy.check_columns(frame.columns)
-    table = frame if isinstance(frame, pa.Table) else _to_arrow(frame)
+    present = (
+        frame.column_names if isinstance(frame, pa.Table) else [str(c) for c in frame.columns]
+    )
+    policy.check_columns(present)
+    # Only released columns are converted: dropped ones never need an Arrow copy.
+    kept = [c for c in present if not policy.rule(c).removes_column]
+    table = frame.select(kept) if isinstance(frame, pa.Table) else _to_arrow(frame[kept])
     names: list[str] = []
-    arrays: list[pa.Array] = []
+    arrays: list[pa.Array | pa.ChunkedArray] = []
     invalid: dict[str, int] = {}
     for name in table.column_names:
         rule = policy.rule(name)
-        if rule.removes_column:
-            continue
         column = _apply_rule(rule, table.column(name), pseudonym_key, rng, reference_year)
         names.append(name)
         arrays.append(column.values)
@@ -166,7 +181,11 @@ def prepare_release(
         k=policy.k,
         max_suppression_fraction=policy.max_suppression_fraction,
     )
-    released = transformed.filter(pa.array(kanon.keep, pa.bool_()))
+    released = (
+        transformed
+        if kanon.rows_out == kanon.rows_in
+        else transformed.filter(pa.array(kanon.keep, pa.bool_()))
+    )
     batch = _ipc_bytes(released)
     attestation: dict[str, Any] = {
         "type": ATTESTATION_TYPE,
@@ -216,8 +235,18 @@ def read_batch(batch: bytes) -> pa.Table:
 
 
 def _to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """Column by column: plain numpy columns go over as numpy (NaN stays a float NaN,
+    skipping pandas' NaN-to-null scan and copy); everything else through pandas' own
+    Arrow conversion (zero-copy for Arrow-backed strings)."""
+    arrays = []
     try:
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        for name in frame.columns:
+            series = frame[name]
+            if isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf":
+                arrays.append(pa.array(series.to_numpy(copy=False)))
+            else:
+                arrays.append(pa.array(series, from_pandas=True))
+        return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
     except (pa.ArrowException, ValueError, TypeError):
         # Arrow's message can quote a cell; name only the failure.
         raise InsituError(
@@ -235,7 +264,7 @@ def _apply_rule(
     p = rule.params
     try:
         if rule.action == "keep":
-            return transforms.Column(values.combine_chunks())
+            return transforms.Column(values)
         if rule.action == "pseudonymize":
             return transforms.pseudonymize(values, key=key, domain=str(p.get("domain", rule.name)))
         if rule.action == "truncate_pan":
@@ -264,10 +293,15 @@ def _apply_rule(
 
 
 def _ipc_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    # Measure first (MockOutputStream writes nothing), then write once into a buffer of
+    # the exact size: a growing stream would reallocate and copy the batch repeatedly.
+    mock = pa.MockOutputStream()
+    with pa.ipc.new_stream(mock, table.schema) as writer:
         writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+    buffer = bytearray(mock.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(pa.py_buffer(buffer)), table.schema) as w:
+        w.write_table(table)
+    return bytes(buffer)
 
 
 # ------------------------------------------------------------------------- attestations

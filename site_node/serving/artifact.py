@@ -35,11 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from insitu.errors import ErrorCode, InsituError
+from insitu.model_artifact import ARTIFACT_FORMAT, MESSAGE_TYPE
+from insitu.model_artifact import signing_message as shared_signing_message
 from site_node.serving.config import TensorSpec, validate_model_name
 
 __all__ = [
@@ -50,8 +51,7 @@ __all__ = [
     "signing_message",
 ]
 
-MESSAGE_TYPE = "insitu.model-artifact.v1"
-FORMAT = 1
+FORMAT = ARTIFACT_FORMAT
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 Verifier = Callable[[bytes, bytes], bool]
@@ -66,19 +66,11 @@ def signing_message(
     outputs: Sequence[TensorSpec],
     key_version: int,
 ) -> bytes:
-    """The canonical bytes a model artifact's signature covers (see the module doc)."""
-    return bytes(
-        rfc8785.dumps(
-            {
-                "type": MESSAGE_TYPE,
-                "model": model,
-                "version": version,
-                "sha256": sha256_hex,
-                "inputs": [s.to_json() for s in inputs],
-                "outputs": [s.to_json() for s in outputs],
-                "key_version": key_version,
-            }
-        )
+    """The canonical bytes a model artifact's signature covers (see the module doc);
+    built by the one function the coordinator signs with."""
+    return shared_signing_message(
+        model, version, sha256_hex, [s.to_json() for s in inputs],
+        [s.to_json() for s in outputs], key_version,
     )
 
 

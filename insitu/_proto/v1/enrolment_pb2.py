@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 from insitu._proto.v1 import identity_pb2 as insitu_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19insitu/v1/enrolment.proto\x12\tinsitu.v1\x1a\x18insitu/v1/identity.proto\"D\n\x0c\x45nrolRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"X\n\rEnrolResponse\x12\x31\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x1c.insitu.v1.IssuedCertificate\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t2G\n\tEnrolment\x12:\n\x05\x45nrol\x12\x17.insitu.v1.EnrolRequest\x1a\x18.insitu.v1.EnrolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19insitu/v1/enrolment.proto\x12\tinsitu.v1\x1a\x18insitu/v1/identity.proto\"D\n\x0c\x45nrolRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"\xf8\x01\n\rEnrolResponse\x12\x31\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x1c.insitu.v1.IssuedCertificate\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12J\n\x12model_signing_keys\x18\x03 \x03(\x0b\x32..insitu.v1.EnrolResponse.ModelSigningKeysEntry\x12\x19\n\x11\x61udit_signing_key\x18\x04 \x01(\x0c\x1a\x37\n\x15ModelSigningKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32G\n\tEnrolment\x12:\n\x05\x45nrol\x12\x17.insitu.v1.EnrolRequest\x1a\x18.insitu.v1.EnrolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'insitu.v1.enrolment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENROLRESPONSE_MODELSIGNINGKEYSENTRY']._loaded_options = None
+  _globals['_ENROLRESPONSE_MODELSIGNINGKEYSENTRY']._serialized_options = b'8\001'
   _globals['_ENROLREQUEST']._serialized_start=66
   _globals['_ENROLREQUEST']._serialized_end=134
-  _globals['_ENROLRESPONSE']._serialized_start=136
-  _globals['_ENROLRESPONSE']._serialized_end=224
-  _globals['_ENROLMENT']._serialized_start=226
-  _globals['_ENROLMENT']._serialized_end=297
+  _globals['_ENROLRESPONSE']._serialized_start=137
+  _globals['_ENROLRESPONSE']._serialized_end=385
+  _globals['_ENROLRESPONSE_MODELSIGNINGKEYSENTRY']._serialized_start=330
+  _globals['_ENROLRESPONSE_MODELSIGNINGKEYSENTRY']._serialized_end=385
+  _globals['_ENROLMENT']._serialized_start=387
+  _globals['_ENROLMENT']._serialized_end=458
 # @@protoc_insertion_point(module_scope)

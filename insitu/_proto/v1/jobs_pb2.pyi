@@ -23,6 +23,52 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_REFUSED: JobState
 
+class DeployModelRequest(_message.Message):
+    __slots__ = ("name", "version", "site_id", "canary_percent")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    site_id: str
+    canary_percent: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., site_id: _Optional[str] = ..., canary_percent: _Optional[float] = ...) -> None: ...
+
+class ModelControlRequest(_message.Message):
+    __slots__ = ("name", "site_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    site_id: str
+    def __init__(self, name: _Optional[str] = ..., site_id: _Optional[str] = ...) -> None: ...
+
+class DeploymentStatus(_message.Message):
+    __slots__ = ("site_id", "model", "serving_version", "canary_version", "canary_percent")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    model: str
+    serving_version: int
+    canary_version: int
+    canary_percent: float
+    def __init__(self, site_id: _Optional[str] = ..., model: _Optional[str] = ..., serving_version: _Optional[int] = ..., canary_version: _Optional[int] = ..., canary_percent: _Optional[float] = ...) -> None: ...
+
+class GrantModelRequest(_message.Message):
+    __slots__ = ("name", "principal")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    principal: str
+    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class GrantModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class SiteDataset(_message.Message):
     __slots__ = ("site_id", "dataset")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -246,6 +246,26 @@ class ModelsStub:
                 request_serializer=insitu_dot_v1_dot_jobs__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=insitu_dot_v1_dot_jobs__pb2.ModelArtifact.FromString,
                 _registered_method=True)
+        self.DeployModel = channel.unary_unary(
+                '/insitu.v1.Models/DeployModel',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.DeployModelRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+                _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/insitu.v1.Models/PromoteModel',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+                _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/insitu.v1.Models/RollbackModel',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+                _registered_method=True)
+        self.GrantModel = channel.unary_unary(
+                '/insitu.v1.Models/GrantModel',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.GrantModelRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.GrantModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -263,6 +283,32 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeployModel(self, request, context):
+        """Ask a site to fetch a signed version over its session and serve (or canary) it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantModel(self, request, context):
+        """Allow a principal (e.g. an application's identity) to call Predict on a model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +321,26 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=insitu_dot_v1_dot_jobs__pb2.GetModelRequest.FromString,
                     response_serializer=insitu_dot_v1_dot_jobs__pb2.ModelArtifact.SerializeToString,
+            ),
+            'DeployModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployModel,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.DeployModelRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.SerializeToString,
+            ),
+            'GrantModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantModel,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.GrantModelRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.GrantModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -331,6 +397,114 @@ class Models:
             '/insitu.v1.Models/GetModel',
             insitu_dot_v1_dot_jobs__pb2.GetModelRequest.SerializeToString,
             insitu_dot_v1_dot_jobs__pb2.ModelArtifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Models/DeployModel',
+            insitu_dot_v1_dot_jobs__pb2.DeployModelRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Models/PromoteModel',
+            insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Models/RollbackModel',
+            insitu_dot_v1_dot_jobs__pb2.ModelControlRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.DeploymentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Models/GrantModel',
+            insitu_dot_v1_dot_jobs__pb2.GrantModelRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.GrantModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -106,6 +106,28 @@ class ModelsStub:
         insitu._proto.v1.jobs_pb2.ModelArtifact,
     ]
 
+    DeployModel: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.DeployModelRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+    """Ask a site to fetch a signed version over its session and serve (or canary) it."""
+
+    PromoteModel: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+
+    RollbackModel: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+
+    GrantModel: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.GrantModelRequest,
+        insitu._proto.v1.jobs_pb2.GrantModelResponse,
+    ]
+    """Allow a principal (e.g. an application's identity) to call Predict on a model."""
+
 class ModelsAsyncStub:
     ListModels: grpc.aio.UnaryUnaryMultiCallable[
         insitu._proto.v1.jobs_pb2.ListModelsRequest,
@@ -116,6 +138,28 @@ class ModelsAsyncStub:
         insitu._proto.v1.jobs_pb2.GetModelRequest,
         insitu._proto.v1.jobs_pb2.ModelArtifact,
     ]
+
+    DeployModel: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.DeployModelRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+    """Ask a site to fetch a signed version over its session and serve (or canary) it."""
+
+    PromoteModel: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+
+    RollbackModel: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        insitu._proto.v1.jobs_pb2.DeploymentStatus,
+    ]
+
+    GrantModel: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.GrantModelRequest,
+        insitu._proto.v1.jobs_pb2.GrantModelResponse,
+    ]
+    """Allow a principal (e.g. an application's identity) to call Predict on a model."""
 
 class ModelsServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -131,5 +175,35 @@ class ModelsServicer(metaclass=abc.ABCMeta):
         request: insitu._proto.v1.jobs_pb2.GetModelRequest,
         context: _ServicerContext,
     ) -> typing.Union[insitu._proto.v1.jobs_pb2.ModelArtifact, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.ModelArtifact]]: ...
+
+    @abc.abstractmethod
+    def DeployModel(
+        self,
+        request: insitu._proto.v1.jobs_pb2.DeployModelRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.DeploymentStatus, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.DeploymentStatus]]:
+        """Ask a site to fetch a signed version over its session and serve (or canary) it."""
+
+    @abc.abstractmethod
+    def PromoteModel(
+        self,
+        request: insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.DeploymentStatus, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.DeploymentStatus]]: ...
+
+    @abc.abstractmethod
+    def RollbackModel(
+        self,
+        request: insitu._proto.v1.jobs_pb2.ModelControlRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.DeploymentStatus, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.DeploymentStatus]]: ...
+
+    @abc.abstractmethod
+    def GrantModel(
+        self,
+        request: insitu._proto.v1.jobs_pb2.GrantModelRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.GrantModelResponse, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.GrantModelResponse]]:
+        """Allow a principal (e.g. an application's identity) to call Predict on a model."""
 
 def add_ModelsServicer_to_server(servicer: ModelsServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

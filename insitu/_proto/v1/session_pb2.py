@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from insitu._proto.v1 import admin_pb2 as insitu_dot_v1_dot_admin__pb2
 from insitu._proto.v1 import identity_pb2 as insitu_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17insitu/v1/session.proto\x12\tinsitu.v1\x1a\x18insitu/v1/identity.proto\"\xbf\x01\n\x0bSiteMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.insitu.v1.HelloH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.insitu.v1.HeartbeatH\x00\x12*\n\ntask_reply\x18\x03 \x01(\x0b\x32\x14.insitu.v1.TaskChunkH\x00\x12.\n\x0cjob_decision\x18\x04 \x01(\x0b\x32\x16.insitu.v1.JobDecisionH\x00\x42\x06\n\x04\x62ody\"O\n\x05Hello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x1b\n\x13replaces_session_id\x18\x03 \x01(\t\".\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x03\"\x98\x02\n\x12\x43oordinatorMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.insitu.v1.WelcomeH\x00\x12\x30\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x17.insitu.v1.HeartbeatAckH\x00\x12%\n\x07goodbye\x18\x03 \x01(\x0b\x32\x12.insitu.v1.GoodbyeH\x00\x12$\n\x04task\x18\x04 \x01(\x0b\x32\x14.insitu.v1.TaskChunkH\x00\x12.\n\x0cjob_proposal\x18\x05 \x01(\x0b\x32\x16.insitu.v1.JobProposalH\x00\x12$\n\x07job_end\x18\x06 \x01(\x0b\x32\x11.insitu.v1.JobEndH\x00\x42\x06\n\x04\x62ody\"M\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\"5\n\x0cHeartbeatAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10received_unix_ms\x18\x02 \x01(\x03\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"B\n\rRenewResponse\x12\x31\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x1c.insitu.v1.IssuedCertificate\"\x91\x01\n\tTaskChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\x12\r\n\x05\x65rror\x18\x07 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\"]\n\nDpSettings\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x02 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\"\xd5\x02\n\x0bJobProposal\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\x12\n\napp_bundle\x18\x03 \x01(\x0c\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x39\n\nrun_config\x18\x05 \x03(\x0b\x32%.insitu.v1.JobProposal.RunConfigEntry\x12!\n\x02\x64p\x18\x06 \x01(\x0b\x32\x15.insitu.v1.DpSettings\x12\x0e\n\x06rounds\x18\x07 \x01(\x05\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0f\n\x07purpose\x18\t \x01(\t\x12\x14\n\x0cpartition_id\x18\n \x01(\x05\x12\x16\n\x0enum_partitions\x18\x0b \x01(\x05\x12\x0e\n\x06run_id\x18\x0c \x01(\x04\x1a\x30\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0bJobDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x61taset_fingerprint\x18\x04 \x01(\t\")\n\x06JobEnd\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t2\x8f\x01\n\x0bSiteSession\x12\x44\n\x07\x43onnect\x12\x16.insitu.v1.SiteMessage\x1a\x1d.insitu.v1.CoordinatorMessage(\x01\x30\x01\x12:\n\x05Renew\x12\x17.insitu.v1.RenewRequest\x1a\x18.insitu.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17insitu/v1/session.proto\x12\tinsitu.v1\x1a\x15insitu/v1/admin.proto\x1a\x18insitu/v1/identity.proto\"\xf1\x01\n\x0bSiteMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.insitu.v1.HelloH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.insitu.v1.HeartbeatH\x00\x12*\n\ntask_reply\x18\x03 \x01(\x0b\x32\x14.insitu.v1.TaskChunkH\x00\x12.\n\x0cjob_decision\x18\x04 \x01(\x0b\x32\x16.insitu.v1.JobDecisionH\x00\x12\x30\n\rdeploy_result\x18\x05 \x01(\x0b\x32\x17.insitu.v1.DeployResultH\x00\x42\x06\n\x04\x62ody\"O\n\x05Hello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x1b\n\x13replaces_session_id\x18\x03 \x01(\t\".\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x03\"\xa6\x03\n\x12\x43oordinatorMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.insitu.v1.WelcomeH\x00\x12\x30\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x17.insitu.v1.HeartbeatAckH\x00\x12%\n\x07goodbye\x18\x03 \x01(\x0b\x32\x12.insitu.v1.GoodbyeH\x00\x12$\n\x04task\x18\x04 \x01(\x0b\x32\x14.insitu.v1.TaskChunkH\x00\x12.\n\x0cjob_proposal\x18\x05 \x01(\x0b\x32\x16.insitu.v1.JobProposalH\x00\x12$\n\x07job_end\x18\x06 \x01(\x0b\x32\x11.insitu.v1.JobEndH\x00\x12.\n\x0cmodel_deploy\x18\x07 \x01(\x0b\x32\x16.insitu.v1.ModelDeployH\x00\x12\x30\n\rmodel_control\x18\x08 \x01(\x0b\x32\x17.insitu.v1.ModelControlH\x00\x12*\n\nauthz_sync\x18\t \x01(\x0b\x32\x14.insitu.v1.AuthzSyncH\x00\x42\x06\n\x04\x62ody\"M\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\"5\n\x0cHeartbeatAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x18\n\x10received_unix_ms\x18\x02 \x01(\x03\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"B\n\rRenewResponse\x12\x31\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x1c.insitu.v1.IssuedCertificate\"\x91\x01\n\tTaskChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\x12\r\n\x05\x65rror\x18\x07 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\"]\n\nDpSettings\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x02 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\"\xd5\x02\n\x0bJobProposal\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\x12\n\napp_bundle\x18\x03 \x01(\x0c\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x39\n\nrun_config\x18\x05 \x03(\x0b\x32%.insitu.v1.JobProposal.RunConfigEntry\x12!\n\x02\x64p\x18\x06 \x01(\x0b\x32\x15.insitu.v1.DpSettings\x12\x0e\n\x06rounds\x18\x07 \x01(\x05\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0f\n\x07purpose\x18\t \x01(\t\x12\x14\n\x0cpartition_id\x18\n \x01(\x05\x12\x16\n\x0enum_partitions\x18\x0b \x01(\x05\x12\x0e\n\x06run_id\x18\x0c \x01(\x04\x1a\x30\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0bJobDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x61taset_fingerprint\x18\x04 \x01(\t\")\n\x06JobEnd\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\"\x8e\x01\n\x0bModelDeploy\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0c\n\x04onnx\x18\x04 \x01(\x0c\x12\x10\n\x08\x61rtifact\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63onfig_yaml\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x07 \x01(\x01\"A\n\x0cModelControl\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\"\x86\x01\n\x0c\x44\x65ployResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0fserving_version\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61nary_version\x18\x05 \x01(\x05\x12\x16\n\x0e\x63\x61nary_percent\x18\x06 \x01(\x01\".\n\nModelGrant\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\"\xfa\x01\n\tAuthzSync\x12(\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x16.insitu.v1.RoleBinding\x12%\n\x06grants\x18\x02 \x03(\x0b\x32\x15.insitu.v1.ModelGrant\x12\x17\n\x0frevoked_serials\x18\x03 \x03(\t\x12\x12\n\nas_of_unix\x18\x04 \x01(\x03\x12;\n\x0cmodel_owners\x18\x05 \x03(\x0b\x32%.insitu.v1.AuthzSync.ModelOwnersEntry\x1a\x32\n\x10ModelOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8f\x01\n\x0bSiteSession\x12\x44\n\x07\x43onnect\x12\x16.insitu.v1.SiteMessage\x1a\x1d.insitu.v1.CoordinatorMessage(\x01\x30\x01\x12:\n\x05Renew\x12\x17.insitu.v1.RenewRequest\x1a\x18.insitu.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._loaded_options = None
   _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_SITEMESSAGE']._serialized_start=65
-  _globals['_SITEMESSAGE']._serialized_end=256
-  _globals['_HELLO']._serialized_start=258
-  _globals['_HELLO']._serialized_end=337
-  _globals['_HEARTBEAT']._serialized_start=339
-  _globals['_HEARTBEAT']._serialized_end=385
-  _globals['_COORDINATORMESSAGE']._serialized_start=388
-  _globals['_COORDINATORMESSAGE']._serialized_end=668
-  _globals['_WELCOME']._serialized_start=670
-  _globals['_WELCOME']._serialized_end=747
-  _globals['_HEARTBEATACK']._serialized_start=749
-  _globals['_HEARTBEATACK']._serialized_end=802
-  _globals['_GOODBYE']._serialized_start=804
-  _globals['_GOODBYE']._serialized_end=829
-  _globals['_RENEWREQUEST']._serialized_start=831
-  _globals['_RENEWREQUEST']._serialized_end=862
-  _globals['_RENEWRESPONSE']._serialized_start=864
-  _globals['_RENEWRESPONSE']._serialized_end=930
-  _globals['_TASKCHUNK']._serialized_start=933
-  _globals['_TASKCHUNK']._serialized_end=1078
-  _globals['_DPSETTINGS']._serialized_start=1080
-  _globals['_DPSETTINGS']._serialized_end=1173
-  _globals['_JOBPROPOSAL']._serialized_start=1176
-  _globals['_JOBPROPOSAL']._serialized_end=1517
-  _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._serialized_start=1469
-  _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._serialized_end=1517
-  _globals['_JOBDECISION']._serialized_start=1519
-  _globals['_JOBDECISION']._serialized_end=1611
-  _globals['_JOBEND']._serialized_start=1613
-  _globals['_JOBEND']._serialized_end=1654
-  _globals['_SITESESSION']._serialized_start=1657
-  _globals['_SITESESSION']._serialized_end=1800
+  _globals['_AUTHZSYNC_MODELOWNERSENTRY']._loaded_options = None
+  _globals['_AUTHZSYNC_MODELOWNERSENTRY']._serialized_options = b'8\001'
+  _globals['_SITEMESSAGE']._serialized_start=88
+  _globals['_SITEMESSAGE']._serialized_end=329
+  _globals['_HELLO']._serialized_start=331
+  _globals['_HELLO']._serialized_end=410
+  _globals['_HEARTBEAT']._serialized_start=412
+  _globals['_HEARTBEAT']._serialized_end=458
+  _globals['_COORDINATORMESSAGE']._serialized_start=461
+  _globals['_COORDINATORMESSAGE']._serialized_end=883
+  _globals['_WELCOME']._serialized_start=885
+  _globals['_WELCOME']._serialized_end=962
+  _globals['_HEARTBEATACK']._serialized_start=964
+  _globals['_HEARTBEATACK']._serialized_end=1017
+  _globals['_GOODBYE']._serialized_start=1019
+  _globals['_GOODBYE']._serialized_end=1044
+  _globals['_RENEWREQUEST']._serialized_start=1046
+  _globals['_RENEWREQUEST']._serialized_end=1077
+  _globals['_RENEWRESPONSE']._serialized_start=1079
+  _globals['_RENEWRESPONSE']._serialized_end=1145
+  _globals['_TASKCHUNK']._serialized_start=1148
+  _globals['_TASKCHUNK']._serialized_end=1293
+  _globals['_DPSETTINGS']._serialized_start=1295
+  _globals['_DPSETTINGS']._serialized_end=1388
+  _globals['_JOBPROPOSAL']._serialized_start=1391
+  _globals['_JOBPROPOSAL']._serialized_end=1732
+  _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._serialized_start=1684
+  _globals['_JOBPROPOSAL_RUNCONFIGENTRY']._serialized_end=1732
+  _globals['_JOBDECISION']._serialized_start=1734
+  _globals['_JOBDECISION']._serialized_end=1826
+  _globals['_JOBEND']._serialized_start=1828
+  _globals['_JOBEND']._serialized_end=1869
+  _globals['_MODELDEPLOY']._serialized_start=1872
+  _globals['_MODELDEPLOY']._serialized_end=2014
+  _globals['_MODELCONTROL']._serialized_start=2016
+  _globals['_MODELCONTROL']._serialized_end=2081
+  _globals['_DEPLOYRESULT']._serialized_start=2084
+  _globals['_DEPLOYRESULT']._serialized_end=2218
+  _globals['_MODELGRANT']._serialized_start=2220
+  _globals['_MODELGRANT']._serialized_end=2266
+  _globals['_AUTHZSYNC']._serialized_start=2269
+  _globals['_AUTHZSYNC']._serialized_end=2519
+  _globals['_AUTHZSYNC_MODELOWNERSENTRY']._serialized_start=2469
+  _globals['_AUTHZSYNC_MODELOWNERSENTRY']._serialized_end=2519
+  _globals['_SITESESSION']._serialized_start=2522
+  _globals['_SITESESSION']._serialized_end=2665
 # @@protoc_insertion_point(module_scope)

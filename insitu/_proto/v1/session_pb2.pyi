@@ -1,23 +1,26 @@
+from insitu._proto.v1 import admin_pb2 as _admin_pb2
 from insitu._proto.v1 import identity_pb2 as _identity_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision")
+    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision", "deploy_result")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TASK_REPLY_FIELD_NUMBER: _ClassVar[int]
     JOB_DECISION_FIELD_NUMBER: _ClassVar[int]
+    DEPLOY_RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     task_reply: TaskChunk
     job_decision: JobDecision
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ...) -> None: ...
+    deploy_result: DeployResult
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("site_id", "software_version", "replaces_session_id")
@@ -38,20 +41,26 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end")
+    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end", "model_deploy", "model_control", "authz_sync")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     JOB_PROPOSAL_FIELD_NUMBER: _ClassVar[int]
     JOB_END_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DEPLOY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    AUTHZ_SYNC_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     heartbeat_ack: HeartbeatAck
     goodbye: Goodbye
     task: TaskChunk
     job_proposal: JobProposal
     job_end: JobEnd
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ...) -> None: ...
+    model_deploy: ModelDeploy
+    model_control: ModelControl
+    authz_sync: AuthzSync
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "site_id", "heartbeat_interval_ms")
@@ -175,3 +184,76 @@ class JobEnd(_message.Message):
     job_id: str
     outcome: str
     def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ModelDeploy(_message.Message):
+    __slots__ = ("request_id", "model", "version", "onnx", "artifact", "config_yaml", "canary_percent")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ONNX_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    version: int
+    onnx: bytes
+    artifact: bytes
+    config_yaml: str
+    canary_percent: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., onnx: _Optional[bytes] = ..., artifact: _Optional[bytes] = ..., config_yaml: _Optional[str] = ..., canary_percent: _Optional[float] = ...) -> None: ...
+
+class ModelControl(_message.Message):
+    __slots__ = ("request_id", "model", "action")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    action: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
+class DeployResult(_message.Message):
+    __slots__ = ("request_id", "ok", "error", "serving_version", "canary_version", "canary_percent")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    ok: bool
+    error: str
+    serving_version: int
+    canary_version: int
+    canary_percent: float
+    def __init__(self, request_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., serving_version: _Optional[int] = ..., canary_version: _Optional[int] = ..., canary_percent: _Optional[float] = ...) -> None: ...
+
+class ModelGrant(_message.Message):
+    __slots__ = ("model", "principal")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    principal: str
+    def __init__(self, model: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class AuthzSync(_message.Message):
+    __slots__ = ("bindings", "grants", "revoked_serials", "as_of_unix", "model_owners")
+    class ModelOwnersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_UNIX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_OWNERS_FIELD_NUMBER: _ClassVar[int]
+    bindings: _containers.RepeatedCompositeFieldContainer[_admin_pb2.RoleBinding]
+    grants: _containers.RepeatedCompositeFieldContainer[ModelGrant]
+    revoked_serials: _containers.RepeatedScalarFieldContainer[str]
+    as_of_unix: int
+    model_owners: _containers.ScalarMap[str, str]
+    def __init__(self, bindings: _Optional[_Iterable[_Union[_admin_pb2.RoleBinding, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[ModelGrant, _Mapping]]] = ..., revoked_serials: _Optional[_Iterable[str]] = ..., as_of_unix: _Optional[int] = ..., model_owners: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -49,15 +49,16 @@ def test_patients_shape_and_real_features(patients: pd.DataFrame) -> None:
 
 
 def test_ages_agree_with_dates(patients: pd.DataFrame) -> None:
-    years = (pd.to_datetime(patients["admission_date"]) - pd.to_datetime(patients["birth_date"]))
+    years = pd.to_datetime(patients["admission_date"]) - pd.to_datetime(patients["birth_date"])
     assert ((years.dt.days / 365.25).astype(int) == patients["age"]).mean() > 0.95
 
 
 def test_generation_is_deterministic() -> None:
     pd.testing.assert_frame_equal(generate_patients(50, seed=9), generate_patients(50, seed=9))
     assert not generate_patients(50, seed=9)["ssn"].equals(generate_patients(50, seed=10)["ssn"])
-    pd.testing.assert_frame_equal(generate_transactions(300, seed=9),
-                                  generate_transactions(300, seed=9))
+    pd.testing.assert_frame_equal(
+        generate_transactions(300, seed=9), generate_transactions(300, seed=9)
+    )
 
 
 def test_more_patients_than_real_rows() -> None:
@@ -100,8 +101,9 @@ def test_canary_forms_cover_base64_alignments() -> None:
     canary = "CANARYxQ1Q0123456789ABCDEFZZ"
     for pad in (b"", b"a", b"ab", b"abc"):
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            assert find_canaries(b"<" + encode(pad + canary.encode() + b"tail") + b">",
-                                 [canary]) == [canary]
+            assert find_canaries(
+                b"<" + encode(pad + canary.encode() + b"tail") + b">", [canary]
+            ) == [canary]
     assert find_canaries(canary.encode().hex().upper().encode(), [canary]) == [canary]
     assert find_canaries(b"nothing here", [canary]) == []
     assert len(canary_forms(canary)) >= 5

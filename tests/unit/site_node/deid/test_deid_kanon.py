@@ -57,6 +57,7 @@ def test_empty_and_fully_suppressed_tables_are_refused() -> None:
     with pytest.raises(InsituError):
         enforce_k_anonymity(_table([], []), ["zip"], k=1, max_suppression_fraction=1.0)
     with pytest.raises(InsituError) as err:
-        enforce_k_anonymity(_table(["a", "b"], ["x", "x"]), ["zip"], k=2,
-                            max_suppression_fraction=1.0)
+        enforce_k_anonymity(
+            _table(["a", "b"], ["x", "x"]), ["zip"], k=2, max_suppression_fraction=1.0
+        )
     assert "2 of 2 rows" in err.value.detail

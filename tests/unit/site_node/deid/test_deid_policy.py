@@ -47,10 +47,13 @@ def _refused(doc: Any, *, code: ErrorCode = ErrorCode.POLICY_INVALID) -> str:
 
 
 def test_shipped_policies_load_against_the_generator_columns() -> None:
-    patients = load_policy(DEFAULT_POLICY_DIR / "breast-cancer-patients.yaml",
-                           data_columns=[*PATIENT_COLUMNS, *FEATURE_COLUMNS, "target"])
-    cards = load_policy(DEFAULT_POLICY_DIR / "card-transactions.yaml",
-                        data_columns=TRANSACTION_COLUMNS)
+    patients = load_policy(
+        DEFAULT_POLICY_DIR / "breast-cancer-patients.yaml",
+        data_columns=[*PATIENT_COLUMNS, *FEATURE_COLUMNS, "target"],
+    )
+    cards = load_policy(
+        DEFAULT_POLICY_DIR / "card-transactions.yaml", data_columns=TRANSACTION_COLUMNS
+    )
     assert patients.base == ("safe-harbor", 1)
     assert patients.hash.startswith("sha256:") and len(patients.hash) == 71
     assert cards.rule("pan").action == "truncate_pan"
@@ -70,8 +73,11 @@ def test_unmapped_data_column_is_refused_at_load(tmp_path: Path) -> None:
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(_doc()))
     with pytest.raises(InsituError) as err:
-        load_policy(path, data_columns=["ssn", "zip", "score", "diagnosis_text"],
-                    base_dir=DEFAULT_POLICY_DIR)
+        load_policy(
+            path,
+            data_columns=["ssn", "zip", "score", "diagnosis_text"],
+            base_dir=DEFAULT_POLICY_DIR,
+        )
     assert err.value.code is ErrorCode.POLICY_INVALID
     assert "diagnosis_text" in err.value.detail and "default deny" in err.value.detail
 
@@ -203,8 +209,13 @@ def test_conflicting_base_tags_are_refused() -> None:
 
 
 def test_strictness_order() -> None:
-    order = [("keep", {}), ("noise", {}), ("generalize", {"kind": "zip"}),
-             ("pseudonymize", {}), ("drop", {})]
+    order = [
+        ("keep", {}),
+        ("noise", {}),
+        ("generalize", {"kind": "zip"}),
+        ("pseudonymize", {}),
+        ("drop", {}),
+    ]
     ranks = [strictness(a, p) for a, p in order]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
     assert strictness("generalize", {"kind": "free_text"}) == strictness("drop", {})
@@ -243,4 +254,6 @@ def test_hash_changes_with_any_rule(mutate: Any) -> None:
     doc = _doc()
     changed = copy.deepcopy(doc)
     mutate(changed)
-    assert parse_policy(changed, base_loader=_base).hash != parse_policy(doc, base_loader=_base).hash
+    assert (
+        parse_policy(changed, base_loader=_base).hash != parse_policy(doc, base_loader=_base).hash
+    )

@@ -52,8 +52,15 @@ def policy() -> Policy:
 
 
 def _release(frame: pd.DataFrame, policy: Policy, key: bytes = KEY) -> Release:
-    return prepare_release(frame, policy, pseudonym_key=key, approver="spiffe://t/user/steward",
-                           dataset_fingerprint=FINGERPRINT, rng=np.random.default_rng(0), now=NOW)
+    return prepare_release(
+        frame,
+        policy,
+        pseudonym_key=key,
+        approver="spiffe://t/user/steward",
+        dataset_fingerprint=FINGERPRINT,
+        rng=np.random.default_rng(0),
+        now=NOW,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,28 +127,41 @@ def test_k_violation_is_refused_with_sizes(patients: pd.DataFrame, policy: Polic
         assert value not in err.value.detail
 
 
-def test_unmapped_column_is_refused_before_anything_runs(patients: pd.DataFrame,
-                                                         policy: Policy) -> None:
+def test_unmapped_column_is_refused_before_anything_runs(
+    patients: pd.DataFrame, policy: Policy
+) -> None:
     with pytest.raises(InsituError) as err:
         _release(patients.assign(extra_notes="x"), policy)
     assert err.value.code is ErrorCode.POLICY_INVALID
 
 
-def test_release_needs_an_approver_and_a_fingerprint(patients: pd.DataFrame,
-                                                     policy: Policy) -> None:
+def test_release_needs_an_approver_and_a_fingerprint(
+    patients: pd.DataFrame, policy: Policy
+) -> None:
     with pytest.raises(InsituError):
-        prepare_release(patients, policy, pseudonym_key=KEY, approver="",
-                        dataset_fingerprint=FINGERPRINT, rng=np.random.default_rng(0))
+        prepare_release(
+            patients,
+            policy,
+            pseudonym_key=KEY,
+            approver="",
+            dataset_fingerprint=FINGERPRINT,
+            rng=np.random.default_rng(0),
+        )
     with pytest.raises(InsituError):
-        prepare_release(patients, policy, pseudonym_key=KEY, approver="s",
-                        dataset_fingerprint="md5:abc", rng=np.random.default_rng(0))
+        prepare_release(
+            patients,
+            policy,
+            pseudonym_key=KEY,
+            approver="s",
+            dataset_fingerprint="md5:abc",
+            rng=np.random.default_rng(0),
+        )
 
 
 # --------------------------------------------------------------------- pseudonyms
 
 
-def test_pseudonyms_join_across_sites_with_one_key(patients: pd.DataFrame,
-                                                   policy: Policy) -> None:
+def test_pseudonyms_join_across_sites_with_one_key(patients: pd.DataFrame, policy: Policy) -> None:
     # Two sites hold overlapping patients (rows 200-369 at both), in different orders.
     site_a = patients.iloc[:370].reset_index(drop=True)
     site_b = patients.iloc[200:].sample(frac=1, random_state=1).reset_index(drop=True)
@@ -161,12 +181,17 @@ def test_pseudonyms_join_across_sites_with_one_key(patients: pd.DataFrame,
 
 def test_sign_and_verify(release: Release, signer: Ed25519PrivateKey, policy: Policy) -> None:
     signed = sign_attestation(release.attestation, signer.sign, "release-signing")
-    got = verify_attestation(signed, _public(signer), batch=release.batch,
-                             expected_policy_hash=policy.hash)
+    got = verify_attestation(
+        signed, _public(signer), batch=release.batch, expected_policy_hash=policy.hash
+    )
     assert got == release.attestation
     wire = json.loads(json.dumps(signed.to_json()))
-    assert verify_attestation(SignedAttestation.from_json(wire), [b"\0" * 32, _public(signer)],
-                              batch=release.batch) == release.attestation
+    assert (
+        verify_attestation(
+            SignedAttestation.from_json(wire), [b"\0" * 32, _public(signer)], batch=release.batch
+        )
+        == release.attestation
+    )
 
 
 def _tampered_payload(signed: SignedAttestation, **changes: Any) -> SignedAttestation:
@@ -178,15 +203,22 @@ def _tampered_payload(signed: SignedAttestation, **changes: Any) -> SignedAttest
 
 @pytest.mark.parametrize(
     "changes",
-    [{"rows_out": 1}, {"k_achieved": 50}, {"approver": "mallory"}, {"epsilon_charged": 0.1},
-     {"purposes": ["marketing"]}],
+    [
+        {"rows_out": 1},
+        {"k_achieved": 50},
+        {"approver": "mallory"},
+        {"epsilon_charged": 0.1},
+        {"purposes": ["marketing"]},
+    ],
 )
-def test_changed_field_is_detected(release: Release, signer: Ed25519PrivateKey,
-                                   changes: dict[str, Any]) -> None:
+def test_changed_field_is_detected(
+    release: Release, signer: Ed25519PrivateKey, changes: dict[str, Any]
+) -> None:
     signed = sign_attestation(release.attestation, signer.sign, "k")
     with pytest.raises(InsituError) as err:
-        verify_attestation(_tampered_payload(signed, **changes), _public(signer),
-                           batch=release.batch)
+        verify_attestation(
+            _tampered_payload(signed, **changes), _public(signer), batch=release.batch
+        )
     assert err.value.code is ErrorCode.INTEGRITY
 
 
@@ -199,8 +231,9 @@ def test_changed_batch_is_detected(release: Release, signer: Ed25519PrivateKey) 
     assert err.value.code is ErrorCode.INTEGRITY and "digest mismatch" in err.value.detail
 
 
-def test_other_key_and_bad_signature_are_refused(release: Release,
-                                                 signer: Ed25519PrivateKey) -> None:
+def test_other_key_and_bad_signature_are_refused(
+    release: Release, signer: Ed25519PrivateKey
+) -> None:
     signed = sign_attestation(release.attestation, signer.sign, "k")
     with pytest.raises(InsituError) as err:
         verify_attestation(signed, _public(Ed25519PrivateKey.generate()), batch=release.batch)
@@ -213,8 +246,9 @@ def test_other_key_and_bad_signature_are_refused(release: Release,
 def test_stale_policy_hash_is_refused(release: Release, signer: Ed25519PrivateKey) -> None:
     signed = sign_attestation(release.attestation, signer.sign, "k")
     with pytest.raises(InsituError) as err:
-        verify_attestation(signed, _public(signer), batch=release.batch,
-                           expected_policy_hash="sha256:" + "0" * 64)
+        verify_attestation(
+            signed, _public(signer), batch=release.batch, expected_policy_hash="sha256:" + "0" * 64
+        )
     assert err.value.code is ErrorCode.FAILED_PRECONDITION
 
 
@@ -255,8 +289,7 @@ def test_no_canary_leaves_in_any_form(policy: Policy, signer: Ed25519PrivateKey)
 
 def test_no_pan_canary_leaves(signer: Ed25519PrivateKey) -> None:
     cards = generate_transactions(3000, seed=2)
-    canaries = plant_canaries(cards, IDENTIFIER_COLUMNS["transactions"], "PAN",
-                              pan_columns={"pan"})
+    canaries = plant_canaries(cards, IDENTIFIER_COLUMNS["transactions"], "PAN", pan_columns={"pan"})
     card_policy = load_policy(DEFAULT_POLICY_DIR / "card-transactions.yaml")
     release = _release(cards, card_policy)
     assert _all_forms_absent(release.batch, canaries) == []
@@ -287,8 +320,9 @@ def _python_work(frame: pd.DataFrame, policy: Policy) -> int:
     sys.setprofile(profile)
     sys.settrace(trace)
     try:
-        apply_policy(frame, policy, pseudonym_key=KEY, rng=np.random.default_rng(0),
-                     reference_year=2026)
+        apply_policy(
+            frame, policy, pseudonym_key=KEY, rng=np.random.default_rng(0), reference_year=2026
+        )
     finally:
         sys.settrace(None)
         sys.setprofile(None)
@@ -306,3 +340,15 @@ def test_no_per_cell_python(patients: pd.DataFrame, policy: Policy) -> None:
     work_large = _python_work(large, policy)
     assert work_large < work_small * 1.05 + 100, (work_small, work_large)
     assert work_large < 100_000
+
+
+def test_arrow_table_input_gives_the_same_release(patients: pd.DataFrame, policy: Policy) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(patients, preserve_index=False)
+    from_arrow = _release(table, policy)  # type: ignore[arg-type]
+    from_pandas = _release(patients, policy)
+    assert from_arrow.table.column("ssn").equals(from_pandas.table.column("ssn"))
+    assert from_arrow.attestation["rows_out"] == from_pandas.attestation["rows_out"]
+    with pytest.raises(InsituError):
+        _release(table.drop_columns(["note"]), policy)  # type: ignore[arg-type]

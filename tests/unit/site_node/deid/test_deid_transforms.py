@@ -13,8 +13,25 @@ from insitu.errors import ErrorCode, InsituError
 from site_node.deid import transforms as T
 
 KEY = bytes(range(32))
-LOW_POP = ["036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830",
-           "831", "878", "879", "884", "890", "893"]
+LOW_POP = [
+    "036",
+    "059",
+    "063",
+    "102",
+    "203",
+    "556",
+    "692",
+    "790",
+    "821",
+    "823",
+    "830",
+    "831",
+    "878",
+    "879",
+    "884",
+    "890",
+    "893",
+]
 
 
 # ---------------------------------------------------------------------------- ZIP3
@@ -55,7 +72,17 @@ def test_malformed_zips_are_nulled_and_counted() -> None:
 def test_age_bands_and_90_plus() -> None:
     ages = pa.array([0, 4, 5, 9, 17.9, 85, 89, 89.99, 90, 104, 150])
     assert T.age_band(ages).values.to_pylist() == [
-        "0-4", "0-4", "5-9", "5-9", "15-19", "85-89", "85-89", "85-89", "90+", "90+", "90+",
+        "0-4",
+        "0-4",
+        "5-9",
+        "5-9",
+        "15-19",
+        "85-89",
+        "85-89",
+        "85-89",
+        "90+",
+        "90+",
+        "90+",
     ]
 
 
@@ -76,7 +103,12 @@ def test_invalid_ages_are_nulled() -> None:
 
 def test_iso_dates_and_timestamps_become_years() -> None:
     values = pa.array(["1975-03-04", "2020-12-31T23:59:59", "2001-02-03 10:00", None])
-    assert T.date_to_year(values, reference_year=2026).values.to_pylist() == [1975, 2020, 2001, None]
+    assert T.date_to_year(values, reference_year=2026).values.to_pylist() == [
+        1975,
+        2020,
+        2001,
+        None,
+    ]
 
 
 def test_arrow_date_and_timestamp_types() -> None:
@@ -87,15 +119,17 @@ def test_arrow_date_and_timestamp_types() -> None:
 
 
 def test_malformed_dates_are_nulled_not_raised() -> None:
-    out = T.date_to_year(pa.array(["03/04/1975", "2020-13-01", "2020-01-40", "x"]),
-                         reference_year=2026)
+    out = T.date_to_year(
+        pa.array(["03/04/1975", "2020-13-01", "2020-01-40", "x"]), reference_year=2026
+    )
     assert out.values.to_pylist() == [None, None, None, None]
     assert out.invalid == 4
 
 
 def test_birth_years_revealing_age_over_89_collapse() -> None:
-    out = T.date_to_year(pa.array(["1900-01-01", "1936-06-01", "1937-01-01", None]),
-                         birth=True, reference_year=2026)
+    out = T.date_to_year(
+        pa.array(["1900-01-01", "1936-06-01", "1937-01-01", None]), birth=True, reference_year=2026
+    )
     assert out.values.to_pylist() == [1936, 1936, 1937, None]
 
 
@@ -109,8 +143,11 @@ MC = "5555555555554444"
 def test_valid_pans_keep_at_most_first6_last4() -> None:
     out = T.truncate_pan(pa.array([VISA, AMEX, MC, "4111 1111 1111 1111", "4111-1111-1111-1111"]))
     assert out.values.to_pylist() == [
-        "411111******1111", "37828******0005", "555555******4444",
-        "411111******1111", "411111******1111",
+        "411111******1111",
+        "37828******0005",
+        "555555******4444",
+        "411111******1111",
+        "411111******1111",
     ]
 
 
@@ -129,8 +166,14 @@ def test_short_pans_always_mask_six_digits() -> None:
 
 
 def test_luhn_failures_and_junk_are_suppressed_never_passed_through() -> None:
-    bad = ["4111111111111112", "12345", "4111x11111111111", "0000000000000000",
-           "41111111111111111111", ""]
+    bad = [
+        "4111111111111112",
+        "12345",
+        "4111x11111111111",
+        "0000000000000000",
+        "41111111111111111111",
+        "",
+    ]
     out = T.truncate_pan(pa.array([*bad, None]))
     assert out.values.to_pylist() == [None] * 7
     assert out.invalid == len(bad)
@@ -151,8 +194,9 @@ def test_pan_truncation_rejects_wider_keep() -> None:
 
 def test_laplace_scale_matches_sensitivity_over_epsilon() -> None:
     n = 200_000
-    out = T.laplace_noise(pa.array(np.full(n, 5.0)), epsilon=0.5, clip=(0.0, 10.0),
-                          rng=np.random.default_rng(1234))
+    out = T.laplace_noise(
+        pa.array(np.full(n, 5.0)), epsilon=0.5, clip=(0.0, 10.0), rng=np.random.default_rng(1234)
+    )
     noisy = out.values.to_numpy()
     b = 10.0 / 0.5
     assert abs(noisy.mean() - 5.0) < 0.5
@@ -226,3 +270,13 @@ def test_key_id_is_stable_and_key_dependent() -> None:
     assert T.pseudonym_key_id(KEY) == T.pseudonym_key_id(bytes(KEY))
     assert T.pseudonym_key_id(KEY) != T.pseudonym_key_id(bytes(32))
     assert KEY.hex()[:16] not in T.pseudonym_key_id(KEY)
+
+
+def test_mostly_distinct_columns_hash_directly_with_the_same_result() -> None:
+    values = [f"id-{i}" if i % 7 else None for i in range(100_000)]
+    assert T._mostly_distinct(pa.array(values))
+    direct = T.pseudonymize(pa.array(values), key=KEY, domain="d").values.to_pylist()
+    small = T.pseudonymize(pa.array(values[:1000]), key=KEY, domain="d").values.to_pylist()
+    assert not T._mostly_distinct(pa.array(values[:1000]))
+    assert direct[:1000] == small
+    assert direct[0] is None and direct[1] == hmac.new(KEY, b"d\x00id-1", "sha256").hexdigest()
