@@ -28,12 +28,13 @@ from rich.table import Table
 from insitu.identity.admin_bootstrap import bootstrap_admin
 from insitu.identity.credentials import write_private_file
 from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation, free_port
-from insitu.apps.breast_cancer.data import central_baseline, write_site_csvs
+from insitu.apps.breast_cancer.data import central_baseline, site_frames, write_site_csvs
 from insitu.cli.progress import follow_job
 from insitu.flower.bundle import app_from_module, code_hash, pack_app
 from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
 from insitu.identity.spiffe import SpiffeId
 from insitu.sdk import Client
+from insitu.sdk.site_client import SiteClient
 from site_node.approvals import ApprovedCode
 
 __all__ = ["run_demo"]
@@ -56,6 +57,60 @@ def _final_accuracy(job: object) -> float:
     history = getattr(job, "history", [])
     evals = [r for r in history if r.phase == "evaluate" and "eval-acc" in r.metrics]
     return float(evals[-1].metrics["eval-acc"]) if evals else 0.0
+
+
+def _site_client(ws: Path, user: str, site: str) -> SiteClient:
+    import json
+
+    port = json.loads((ws / "sites" / site / "status.json").read_text())["api_port"]
+    d = ws / user
+    return SiteClient(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem", d / "ca.pem",
+                      site_id=site, trust_domain=TRUST_DOMAIN)
+
+
+def _serve(admin: Client, engineer: Client, keys: KeyService, ws: Path, listen: int) -> None:
+    """Deploy to every site, predict at hospital-a, canary v2 at hospital-b, roll back."""
+    import numpy as np
+
+    console.rule("serving: predictions where the data is")
+    ops, app = f"spiffe://{TRUST_DOMAIN}/user/site-ops", f"spiffe://{TRUST_DOMAIN}/user/ehr-app"
+    for site in SITES:
+        admin.grant_role(ops, "site_admin", site=site)
+    admin.grant_role(app, "inference_client")
+    _issue_user(keys, "site-ops", ws / "site-ops")
+    _issue_user(keys, "ehr-app", ws / "ehr-app")
+    ops_c = Client(f"127.0.0.1:{listen}", ws / "site-ops" / "cert.pem",
+                   ws / "site-ops" / "key.pem", ws / "site-ops" / "ca.pem",
+                   server_name=f"coordinator.{TRUST_DOMAIN}", timeout=60)
+    for site in SITES:
+        st = ops_c.deploy_model("bcw-mlp", "v1", site)
+        console.print(f"[green]✓[/green] {site}: verified the Vault signature with its pinned "
+                      f"key and serves bcw-mlp v{st.serving_version}")
+    engineer.grant_model("bcw-mlp", app)
+    rows = site_frames(SITES, seed=0)["hospital-a"].drop(columns=["target"]).to_numpy(
+        np.float32)
+    with _site_client(ws, "ehr-app", "hospital-a") as hospital_app:
+        _wait(lambda: hospital_app.predict("bcw-mlp", {"features": rows[:1]}) is not None,
+              30, "predict access to reach the site")
+        latencies = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            hospital_app.predict("bcw-mlp", {"features": rows[i % len(rows):][:1]})
+            latencies.append((time.perf_counter() - t0) * 1000)
+        batch = hospital_app.predict("bcw-mlp", {"features": rows[:64]})
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    console.print(f"hospital-a Predict over mTLS, 200 calls: p50 {p50:.2f} ms  p90 {p90:.2f} ms  "
+                  f"p99 {p99:.2f} ms; a 64-row batch answered by v{batch.version}")
+    job = engineer.submit_job(DEMO_APP, {s: "bcw" for s in SITES}, rounds=2,
+                              model_name="bcw-mlp", run_config={"seed": 1})
+    v2 = list(engineer.watch_job(job.job_id, timeout=600))[-1].snapshot
+    st = ops_c.deploy_model("bcw-mlp", v2.model_version, "hospital-b", canary_percent=10)
+    console.print(f"hospital-b canary: serving v{st.serving_version}, canary "
+                  f"v{st.canary_version} to {st.canary_percent:.0f}% of callers (sticky)")
+    st = ops_c.rollback_model("bcw-mlp", "hospital-b")
+    console.print(f"hospital-b rollback: serving v{st.serving_version}, canary "
+                  f"{'none' if not st.canary_version else st.canary_version}")
+    ops_c.close()
 
 
 def _verify_logs(ws: Path, keys: dict[str, bytes]) -> bool:
@@ -291,7 +346,6 @@ def run_demo(workspace: Path | None = None) -> int:
             central = central_baseline(seed=0)
         model = engineer.get_model("bcw-mlp", final.model_version,
                                    signing_key=keys.public_key("model-signing"))
-        engineer.close()
         gap = abs(central - fed_acc) * 100
         verdict = "[green]within 3 points[/green]" if gap <= 3 else "[red]more than 3 points[/red]"
         console.print(f"federated accuracy {fed_acc:.4f}   central baseline {central:.4f}   "
@@ -299,6 +353,8 @@ def run_demo(workspace: Path | None = None) -> int:
         console.print(f"[green]✓[/green] model bcw-mlp {model.version}: signature verified "
                       f"(Vault transit model-signing), {len(model.onnx)} bytes of ONNX, lineage "
                       f"sites {', '.join(model.manifest['lineage']['sites'])}")
+        _serve(admin, engineer, keys, ws, listen)
+        engineer.close()
         admin.close()
         audit_keys = {"coordinator": keys.public_key("audit-signing")}
         stopped = True
