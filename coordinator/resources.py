@@ -12,6 +12,7 @@ from insitu.rpc.methods import Resource as MethodResource
 
 if TYPE_CHECKING:
     from coordinator.authorization import CoordinatorAuthorizer
+    from coordinator.features import FeatureIntake
     from coordinator.jobs import JobManager, JobRecord
     from coordinator.registry import ModelRegistry
 
@@ -48,7 +49,7 @@ def model_resource(manifest: dict[str, Any]) -> Resource:
 
 
 def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
-                      registry: ModelRegistry) -> None:
+                      registry: ModelRegistry, features: FeatureIntake) -> None:
     def role_binding(p: Principal, r: MethodResource, req: Any) -> Resource:
         from coordinator.roles import binding_from_proto
 
@@ -92,7 +93,14 @@ def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
     def model_grant(p: Principal, r: MethodResource, req: Any) -> Resource:
         return model_resource(manifest_of(req.name))
 
+    def release_read(p: Principal, r: MethodResource, req: Any) -> Resource:
+        for info in features.infos():
+            if info["release_id"] == req.release_id:
+                return features.resource_of(info)
+        raise InsituError(ErrorCode.NOT_FOUND, f"release {req.release_id} not found")
+
     authz.resolvers.update({
+        "features.read": release_read,
         "model.deploy": model_at_site, "model.promote": model_at_site,
         "model.rollback": model_at_site, "model.grant": model_grant,
         "role.grant": role_binding, "role.revoke": role_binding, "job.submit": job_submit,

@@ -14,12 +14,14 @@ import grpc
 
 from coordinator.authorization import CoordinatorAuthorizer
 from coordinator.deployments import DeploymentManager
+from coordinator.features import FeatureIntake, PseudonymKeys
 from coordinator.jobs import JobManager, JobSettings
 from coordinator.registry import ModelRegistry
 from coordinator.resources import install_resolvers
 from coordinator.servicers import (
     AdminServicer,
     EnrolmentServicer,
+    FeaturesServicer,
     JobsServicer,
     ModelsServicer,
     SiteSessionServicer,
@@ -30,12 +32,13 @@ from coordinator.store import CoordinatorStore
 from insitu._proto.v1 import (
     admin_pb2_grpc,
     enrolment_pb2_grpc,
+    features_pb2_grpc,
     jobs_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
 )
 from insitu.audit import AuditLog, SqliteAuditStore
-from insitu.authz import PolicyEngine
+from insitu.authz import PolicyEngine, Resource
 from insitu.errors import ErrorCode, InsituError
 from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
 from insitu.identity.spiffe import SpiffeId
@@ -132,7 +135,14 @@ class Coordinator:
         self.revocation.on_revoke(lambda serial: self.deployments.sync_all())
         self.sessions.on_change(
             lambda event, s: self.deployments.sync(s) if event == "open" else None)
-        install_resolvers(self.authorizer, self.jobs, self.registry)
+        self.pseudonyms = PseudonymKeys(self.keys)
+        self.features = FeatureIntake(
+            self.data_dir / "features", self.keys, self.store, self.jobs,
+            check=self._site_may,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))), attrs=attrs))
+        self.sessions.on_change(self._send_pseudonym_key)
+        install_resolvers(self.authorizer, self.jobs, self.registry, self.features)
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
         self.port = 0
@@ -180,8 +190,9 @@ class Coordinator:
             admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), server)
             jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(self), server)
             jobs_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self), server)
+            features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesServicer(self), server)
             return ["insitu.v1.SiteSession", "insitu.v1.Admin", "insitu.v1.Jobs",
-                    "insitu.v1.Models"]
+                    "insitu.v1.Models", "insitu.v1.Features"]
 
         def register_enrol(server: grpc.Server) -> list[str]:
             enrolment_pb2_grpc.add_EnrolmentServicer_to_server(EnrolmentServicer(self), server)
@@ -224,10 +235,33 @@ class Coordinator:
             endpoints["enrol"],
         )
 
+    def _site_may(self, site_uri: str, action: str, resource: Resource) -> bool:
+        from insitu.identity.principal import Principal
+
+        site = self.sessions.get(SpiffeId.parse(site_uri).name)
+        if site is None:
+            return False
+        p = Principal(SpiffeId.parse(site_uri), "", site.cert_serial, site.cert_not_after)
+        return self.authorizer.check(p, action, resource)
+
+    def _send_pseudonym_key(self, event: str, session: Session) -> None:
+        if event != "open":
+            return
+        try:
+            key_id, key = self.pseudonyms.current()
+        except InsituError as e:
+            log.error("pseudonym key unavailable: %s", e.detail)
+            return
+        session.outbound.put(session_pb2.CoordinatorMessage(
+            pseudonym_key=session_pb2.PseudonymKey(key_id=key_id, key=key)))
+
     def on_site_message(self, session: Session, msg: session_pb2.SiteMessage) -> None:
         """Everything a site sends besides Hello and heartbeats lands here."""
-        if msg.WhichOneof("body") == "deploy_result":
+        kind = msg.WhichOneof("body")
+        if kind == "deploy_result":
             self.deployments.on_result(session, msg.deploy_result)
+        elif kind == "feature_batch":
+            self.features.on_chunk(session, msg.feature_batch)
         else:
             self.jobs.on_site_message(session, msg)
 

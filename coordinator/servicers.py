@@ -15,6 +15,8 @@ from insitu._proto.v1 import (
     admin_pb2_grpc,
     enrolment_pb2,
     enrolment_pb2_grpc,
+    features_pb2,
+    features_pb2_grpc,
     identity_pb2,
     jobs_pb2,
     jobs_pb2_grpc,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdminServicer",
     "EnrolmentServicer",
+    "FeaturesServicer",
     "JobsServicer",
     "ModelsServicer",
     "SiteSessionServicer",
@@ -255,3 +258,35 @@ class ModelsServicer(jobs_pb2_grpc.ModelsServicer):
         annotate(model=request.name, principal=request.principal)
         self.c.deployments.grant(request)
         return jobs_pb2.GrantModelResponse()
+
+
+def _release_info(i: dict[str, object]) -> features_pb2.ReleaseInfo:
+    return features_pb2.ReleaseInfo(
+        release_id=str(i["release_id"]), site_id=str(i["site_id"]), dataset=str(i["dataset"]),
+        job_id=str(i["job_id"]), purposes=[str(p) for p in i["purposes"]],  # type: ignore[attr-defined]
+        rows_out=int(str(i["rows_out"])), k_achieved=int(str(i["k_achieved"])),
+        policy_hash=str(i["policy_hash"]), created_unix=int(str(i["created"])))
+
+
+class FeaturesServicer(features_pb2_grpc.FeaturesServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    def ListReleases(self, request: features_pb2.ListReleasesRequest,  # noqa: N802
+                     context: grpc.ServicerContext) -> features_pb2.ListReleasesResponse:
+        p = current_principal()
+        out = []
+        for info in self.c.features.infos():
+            if request.job_id and info["job_id"] != request.job_id:
+                continue
+            if self.c.authorizer.check(p, "features.read", self.c.features.resource_of(info)):
+                out.append(_release_info(info))
+        return features_pb2.ListReleasesResponse(releases=out)
+
+    def ReadRelease(self, request: features_pb2.ReadReleaseRequest,  # noqa: N802
+                    context: grpc.ServicerContext) -> features_pb2.ReleaseData:
+        info, batch, payload, signature = self.c.features.read(request.release_id)
+        annotate(release_id=request.release_id, site=str(info["site_id"]))
+        return features_pb2.ReleaseData(
+            info=_release_info(info), batch=batch, attestation=payload, signature=signature,
+            site_key=self.c.store.attestation_key(str(info["site_id"])) or b"")

@@ -59,6 +59,9 @@ def serve_session(
     if site is None or site.status != "enrolled":
         raise InsituError(ErrorCode.SITE_REVOKED, f"site {site_id} may not open a session")
 
+    key = first.hello.attestation_key
+    if len(key) == 32 and not store.pin_attestation_key(site_id, key, now=int(time.time())):
+        log.warning("site %s presented an attestation key other than the pinned one", site_id)
     session = registry.open(site_id, principal.cert_serial, principal.not_after)
     stop_reader = threading.Event()
 

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS site_certs (
   revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS site_certs_site ON site_certs(site_id);
+CREATE TABLE IF NOT EXISTS site_keys (
+  site_id TEXT PRIMARY KEY,
+  attestation_key BLOB NOT NULL,
+  pinned_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_grants (
   model TEXT NOT NULL,
   principal TEXT NOT NULL,
@@ -279,6 +284,20 @@ class CoordinatorStore:
                 (principal, role, site, org),
             )
             return cur.rowcount == 1
+
+    def pin_attestation_key(self, site_id: str, key: bytes, *, now: int) -> bool:
+        """Pin the site's first attestation key; True if ``key`` is (now) the pinned one."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO site_keys VALUES (?, ?, ?)", (site_id, key, now))
+            (pinned,) = db.execute("SELECT attestation_key FROM site_keys WHERE site_id = ?",
+                                   (site_id,)).fetchone()
+        return bytes(pinned) == key
+
+    def attestation_key(self, site_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT attestation_key FROM site_keys WHERE site_id = ?",
+                                   (site_id,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def grant_model(self, model: str, principal: str) -> None:
         with self.transaction() as db:

@@ -17,7 +17,11 @@ from insitu.rpc.audit import RpcAuditor
 import threading
 
 from insitu._proto.v1 import session_pb2
+from insitu.authz import EntityRef, Resource
 from insitu.authz.bundle import default_policy_dir
+from insitu.errors import ErrorCode, InsituError
+from insitu.identity.spiffe import SpiffeId
+from site_node.releases import PseudonymHolder, SiteReleases, attestation_signer
 from site_node.deployments import SiteDeployments, pinned_verifier
 from site_node.enrol import pinned_model_keys
 from site_node.serving.repository import ModelRepository
@@ -70,7 +74,10 @@ class SiteDaemon:
         self.guard = EgressGuard(lambda kind, reason: self.auditor.event(
             "egress.refused", "egress", ("SiteMessage", kind), outcome="denied",
             reason="egress_guard", attrs={"reason": reason[:200]}))
-        self.session = SiteSession(settings, self.guard, on_inbound=self._on_inbound)
+        self.attestation = attestation_signer(d)
+        self.pseudonyms = PseudonymHolder()
+        self.session = SiteSession(settings, self.guard, on_inbound=self._on_inbound,
+                                   attestation_key=self.attestation.public_key)
         self.jobs = SiteJobs(
             site_dir=d, site_id=settings.site_id, trust_domain=settings.trust_domain,
             datasets=self.datasets, ledger=self.ledger, approvals=self.approvals,
@@ -89,7 +96,35 @@ class SiteDaemon:
         self.authorizer = SiteAuthorizer(
             settings.policy_dir or default_policy_dir(), settings.local_policy_dir,
             settings.trust_domain, self.authz_state, settings.site_id)
+        self.releases = SiteReleases(
+            site_dir=d, site_id=settings.site_id, datasets=self.datasets, ledger=self.ledger,
+            signer=self.attestation, guard=self.guard, pseudonyms=self.pseudonyms,
+            send=self.session.send, job_dataset=self.jobs.job_dataset,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))),
+                attrs=attrs))
+        self.authorizer.release_resource = self._release_resource
         self.api: SiteApiServer | None = None
+
+    def _release_resource(self, dataset: str, job_id: str) -> Resource:
+        """The FeatureRelease a data steward approves (Cedar features.approve)."""
+        ds = self.datasets.get_dataset(dataset)
+        site = self.settings.site_id
+        ds_res = Resource("Dataset", f"{site}:{dataset}",
+                          {"site": EntityRef("Site", site), "purposes": set(ds.purposes)})
+        job = self.jobs.approved.get(job_id)
+        if job is None:
+            raise InsituError(ErrorCode.FAILED_PRECONDITION,
+                              f"job {job_id} was not approved at this site")
+        owner, purpose, job_ds = job
+        job_res = Resource("Job", job_id, {
+            "owner": EntityRef("User", SpiffeId.parse(owner).name),
+            "org": EntityRef("Org", "none"), "purpose": purpose,
+            "approved_datasets": [ds_res] if job_ds == dataset else [],
+            "sites": [EntityRef("Site", site)]})
+        return Resource("FeatureRelease", "new", {"dataset": ds_res,
+                                                  "site": EntityRef("Site", site),
+                                                  "job": job_res, "approved": False})
 
     def _on_inbound(self, msg: session_pb2.CoordinatorMessage) -> None:
         kind = msg.WhichOneof("body")
@@ -102,6 +137,10 @@ class SiteDaemon:
                              daemon=True).start()
         elif kind == "model_control":
             self.deployments.on_control(msg.model_control)
+        elif kind == "pseudonym_key":
+            self.pseudonyms.set(msg.pseudonym_key.key_id, msg.pseudonym_key.key)
+        elif kind == "feature_ack":
+            self.releases.on_ack(msg.feature_ack)
         else:
             self.jobs.on_message(msg)
 
@@ -109,7 +148,7 @@ class SiteDaemon:
         """Blocking until :meth:`stop`; raises SiteRefused if the federation refuses us."""
         self.runtime.start()
         self.api = SiteApiServer(self.settings, self.runtime, self.authorizer, self.authz_state,
-                                 self.auditor)
+                                 self.auditor, self.releases)
         self.api.start()
         self.session.status.api_port = self.api.port
         try:

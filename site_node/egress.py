@@ -17,6 +17,7 @@ from flwr.common.serde import recorddict_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from insitu._proto.v1 import session_pb2
+from insitu.attestation import SignedAttestation, verify_attestation
 from insitu.errors import ErrorCode, InsituError
 
 __all__ = ["EgressGuard", "EgressRefused"]
@@ -40,6 +41,7 @@ class EgressGuard:
         # (job id, message id) -> the instruction's array shapes, for replies we owe.
         self._owed: dict[tuple[str, str], dict[str, dict[str, tuple[tuple[int, ...], str]]]] = {}
         self._cleared: set[tuple[str, str]] = set()  # whole replies checked, chunks pending
+        self._cleared_releases: set[str] = set()
         self.admitted = 0
 
     def expect_reply(self, job_id: str, message_id: str, instruction: ProtoMessage) -> None:
@@ -93,6 +95,18 @@ class EgressGuard:
         with self._lock:
             self._cleared.add((job_id, message_id))
 
+    def check_feature_batch(self, release_id: str, signed: SignedAttestation, batch: bytes,
+                            site_key: bytes, current_policy_hash: str) -> None:
+        """A feature batch leaves only with a valid attestation whose policy hash is the
+        dataset's current policy (a stale or tampered attestation is refused)."""
+        try:
+            verify_attestation(signed, site_key, batch=batch,
+                               expected_policy_hash=current_policy_hash)
+        except InsituError as e:
+            raise self._refuse("feature_batch", e.detail) from None
+        with self._lock:
+            self._cleared_releases.add(release_id)
+
     def admit(self, msg: session_pb2.SiteMessage) -> session_pb2.SiteMessage:
         """Every outbound SiteMessage passes here; returns it or raises EgressRefused."""
         kind = msg.WhichOneof("body")
@@ -113,4 +127,13 @@ class EgressGuard:
                     self.admitted += 1
                     return msg
             raise self._refuse("task_reply", "chunk of a reply that was not cleared")
+        if kind == "feature_batch":
+            rid = msg.feature_batch.release_id
+            with self._lock:
+                if rid in self._cleared_releases:
+                    if msg.feature_batch.last:
+                        self._cleared_releases.discard(rid)
+                    self.admitted += 1
+                    return msg
+            raise self._refuse("feature_batch", "batch without a verified attestation")
         raise self._refuse(kind or "empty", "message kind is not allowed to leave the site")

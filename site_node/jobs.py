@@ -67,6 +67,8 @@ class SiteJobs:
         self.send = send
         self.audit = audit
         self._jobs: dict[str, _Job] = {}
+        # Jobs this site approved: job id -> (owner SPIFFE id, purpose, dataset).
+        self.approved: dict[str, tuple[str, str, str]] = {}
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_message_bytes)
 
@@ -140,6 +142,7 @@ class SiteJobs:
         job = _Job(p.job_id, p.code_sha256, p.dataset, runner, dp_eps, queue.Queue())
         with self._lock:
             self._jobs[p.job_id] = job
+            self.approved[p.job_id] = (p.owner, p.purpose, p.dataset)
         threading.Thread(target=self._work, args=(job,), name=f"job-{p.job_id}",
                          daemon=True).start()
         return True, "approved", fingerprint
@@ -210,6 +213,11 @@ class SiteJobs:
             self.ledger.release(job.dataset, job_id)
         self.audit("job.end", {"job_id": job_id, "code_sha256": job.code_sha256,
                                "outcome": outcome[:32]})
+
+    def job_dataset(self, job_id: str) -> str | None:
+        with self._lock:
+            j = self.approved.get(job_id)
+        return j[2] if j else None
 
     def close(self) -> None:
         with self._lock:

@@ -58,7 +58,9 @@ class _Stream:
     """One Connect call on its own channel. Every message it sends passes the guard."""
 
     def __init__(self, s: SiteSettings, creds: Credentials, guard: EgressGuard,
-                 on_inbound: Inbound | None, replaces: str = "") -> None:
+                 on_inbound: Inbound | None, replaces: str = "",
+                 attestation_key: bytes = b"") -> None:
+        self.attestation_key = attestation_key
         self.settings = s
         self.guard = guard
         self.on_inbound = on_inbound
@@ -83,6 +85,7 @@ class _Stream:
                     site_id=self.settings.site_id,
                     software_version=SOFTWARE_VERSION,
                     replaces_session_id=self._replaces,
+                    attestation_key=self.attestation_key,
                 )
             )
         )
@@ -137,8 +140,9 @@ class SiteSession:
     """Supervises the session stream until :meth:`stop`."""
 
     def __init__(self, settings: SiteSettings, guard: EgressGuard | None = None,
-                 on_inbound: Inbound | None = None) -> None:
+                 on_inbound: Inbound | None = None, attestation_key: bytes = b"") -> None:
         self.settings = settings
+        self.attestation_key = attestation_key
         self.guard = guard or EgressGuard(lambda kind, reason: None)
         self.on_inbound = on_inbound
         self._current: _Stream | None = None
@@ -173,7 +177,8 @@ class SiteSession:
         while not self._stop.is_set():
             creds = Credentials.load(self.settings.tls_dir)
             self._note_cert(creds)
-            stream = _Stream(self.settings, creds, self.guard, self.on_inbound)
+            stream = _Stream(self.settings, creds, self.guard, self.on_inbound,
+                             attestation_key=self.attestation_key)
             stream.start()
             if not self._await_welcome(stream):
                 self._fail(stream)
@@ -273,7 +278,7 @@ class SiteSession:
             return None
         creds.save(self.settings.tls_dir)
         new = _Stream(self.settings, creds, self.guard, self.on_inbound,
-                      replaces=old.session_id)
+                      replaces=old.session_id, attestation_key=self.attestation_key)
         new.start()
         if not new.welcomed.wait(WELCOME_TIMEOUT_S):
             new.close()

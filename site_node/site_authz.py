@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,28 @@ class SiteAuthorizer:
                                                     trust_domain=trust_domain)
         self.state = state
         self.site_id = site_id
+        self.release_resource: Callable[[str, str], Resource] | None = None
 
     def _resource(self, action: str, resource: MethodResource, request: Any) -> Resource | EntityRef:
         if action == "predict":
             return self.state.model(resource.id)
+        if action == "features.approve":
+            if self.release_resource is None or request is None:
+                raise InsituError(ErrorCode.FAILED_PRECONDITION, "feature releases are off")
+            return self.release_resource(request.dataset, request.job_id)
         if resource.type == "Federation":
             return EntityRef("Federation", "federation")
         return EntityRef(resource.type, resource.id or self.site_id)
 
     def authorize(self, principal: Principal, action: str, resource: MethodResource,
                   context: dict[str, Any]) -> Decision:
-        res = self._resource(action, resource, context.get("request"))
+        try:
+            res = self._resource(action, resource, context.get("request"))
+        except InsituError as e:
+            if e.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT,
+                          ErrorCode.FAILED_PRECONDITION):
+                raise
+            raise
         ctx: dict[str, Any] = {"now": int(time.time())}
         if context.get("emergency_access"):
             ctx.update(emergency_access=True, reason=context.get("reason", ""))

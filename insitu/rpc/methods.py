@@ -39,6 +39,14 @@ def _job_of(req: Any) -> Resource:
     return Resource("Job", getattr(req, "job_id", "") or "")
 
 
+def _release_of(req: Any) -> Resource:
+    return Resource("FeatureRelease", getattr(req, "release_id", "") or "")
+
+
+def _dataset_of(req: Any) -> Resource:
+    return Resource("Dataset", getattr(req, "dataset", "") or "")
+
+
 def _binding_of(req: Any) -> Resource:
     return Resource("RoleBinding", getattr(req, "principal", "") or "")
 
@@ -86,6 +94,13 @@ METHODS: dict[str, MethodRule] = {
     "/insitu.v1.Models/PromoteModel": MethodRule("model.promote", _USER, _model_of),
     "/insitu.v1.Models/RollbackModel": MethodRule("model.rollback", _USER, _model_of),
     "/insitu.v1.Models/GrantModel": MethodRule("model.grant", _USER, _model_of),
+    "/insitu.v1.Features/ListReleases": MethodRule(
+        "features.read", _USER, _federation, idempotent=True, per_item=True
+    ),
+    "/insitu.v1.Features/ReadRelease": MethodRule(
+        "features.read", _USER, _release_of, idempotent=True
+    ),
+    "/insitu.v1.SiteApi/ReleaseFeatures": MethodRule("features.approve", _USER, _dataset_of),
     "/insitu.v1.SiteApi/Predict": MethodRule("predict", _CALLERS, _model_of),
     "/insitu.v1.SiteApi/PredictStream": MethodRule("predict", _CALLERS, _model_of),
     "/grpc.health.v1.Health/Check": MethodRule("health.check", _ANY, _federation, idempotent=True),

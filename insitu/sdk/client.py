@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from insitu._proto.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, session_pb2
+from insitu._proto.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    features_pb2,
+    features_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    session_pb2,
+)
 from insitu.identity.credentials import Credentials
 from insitu.rpc.methods import METHODS
 from insitu.rpc.server import secure_channel
@@ -138,6 +146,7 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
         self._models = jobs_pb2_grpc.ModelsStub(self._channel)
+        self._features = features_pb2_grpc.FeaturesStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -290,6 +299,41 @@ class Client:
         """Allow ``principal`` (a SPIFFE id with the inference_client role) to predict."""
         self._call(self._models.GrantModel,
                    jobs_pb2.GrantModelRequest(name=name, principal=principal), timeout)
+
+
+    # -- feature releases ---------------------------------------------------------------
+
+    def list_releases(self, job_id: str = "", *,
+                      timeout: float | None = None) -> list[features_pb2.ReleaseInfo]:
+        r = self._call(self._features.ListReleases,
+                       features_pb2.ListReleasesRequest(job_id=job_id), timeout)
+        return list(r.releases)
+
+    def read_release(self, release_id: str, *, timeout: float | None = None) -> Release:
+        """Fetch a release and verify its site-signed attestation against the batch."""
+        from insitu.attestation import SignedAttestation, verify_attestation
+
+        r = self._call(self._features.ReadRelease,
+                       features_pb2.ReadReleaseRequest(release_id=release_id), timeout or 60)
+        try:
+            att = verify_attestation(SignedAttestation(r.attestation, r.signature, "site"),
+                                     r.site_key, batch=r.batch)
+        except Exception:
+            raise IntegrityError(grpc.StatusCode.DATA_LOSS,
+                                 "release attestation does not verify") from None
+        return Release(r.info, r.batch, att)
+
+
+@dataclass(frozen=True)
+class Release:
+    info: features_pb2.ReleaseInfo
+    batch: bytes  # Arrow IPC stream
+    attestation: dict[str, Any]
+
+    def table(self) -> Any:
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(self.batch).read_all()
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,17 @@ class SiteClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def release_features(self, dataset: str, job_id: str, *,
+                         timeout: float | None = None) -> site_pb2.ReleaseFeaturesResponse:
+        """As a data steward of this site: release de-identified features of ``dataset``
+        for ``job_id`` (policy applied, k-anonymity enforced, attestation signed)."""
+        try:
+            return self._stub.ReleaseFeatures(
+                site_pb2.ReleaseFeaturesRequest(dataset=dataset, job_id=job_id),
+                timeout=timeout or 120)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
                 request_id: str = "", timeout: float | None = None) -> Prediction:
         req = site_pb2.PredictRequest(

@@ -43,6 +43,8 @@ DATASETS_FILE: Final = "datasets.toml"
 FORMATS: Final = frozenset({"csv", "parquet"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FIELDS: Final = frozenset({"path", "format", "label", "purposes", "epsilon_budget"})
+# A de-identification policy (policies/deid/*.yaml) makes a dataset releasable as features.
+_OPTIONAL: Final = frozenset({"policy"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class RegisteredDataset:
     label: str
     purposes: tuple[str, ...]
     epsilon_budget: float
+    policy: Path | None = None
 
 
 def _error(where: str, detail: str) -> InsituError:
@@ -64,7 +67,7 @@ def _parse_one(name: str, raw: Any, site_dir: Path, where: str) -> RegisteredDat
         raise _error(where, "dataset names use letters, digits, '_', '.', '-' (at most 64)")
     if not isinstance(raw, dict):
         raise _error(where, "must be a table")
-    unknown = set(raw) - _FIELDS
+    unknown = set(raw) - _FIELDS - _OPTIONAL
     if unknown:
         raise _error(where, f"unknown key(s) {sorted(unknown)}; expected {sorted(_FIELDS)}")
     missing = _FIELDS - set(raw)
@@ -91,6 +94,13 @@ def _parse_one(name: str, raw: Any, site_dir: Path, where: str) -> RegisteredDat
     resolved = Path(path).expanduser()
     if not resolved.is_absolute():
         resolved = site_dir / resolved
+    policy: Path | None = None
+    if "policy" in raw:
+        if not isinstance(raw["policy"], str) or not raw["policy"]:
+            raise _error(where, "policy must name a de-identification policy file")
+        policy = Path(raw["policy"]).expanduser()
+        if not policy.is_absolute():
+            policy = site_dir / policy
     return RegisteredDataset(
         name=name,
         path=resolved,
@@ -98,6 +108,7 @@ def _parse_one(name: str, raw: Any, site_dir: Path, where: str) -> RegisteredDat
         label=label,
         purposes=tuple(dict.fromkeys(purposes)),
         epsilon_budget=float(budget),
+        policy=policy,
     )
 
 

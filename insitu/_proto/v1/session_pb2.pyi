@@ -9,28 +9,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision", "deploy_result")
+    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision", "deploy_result", "feature_batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TASK_REPLY_FIELD_NUMBER: _ClassVar[int]
     JOB_DECISION_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_RESULT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     task_reply: TaskChunk
     job_decision: JobDecision
     deploy_result: DeployResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ...) -> None: ...
+    feature_batch: FeatureChunk
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ..., feature_batch: _Optional[_Union[FeatureChunk, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("site_id", "software_version", "replaces_session_id")
+    __slots__ = ("site_id", "software_version", "replaces_session_id", "attestation_key")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLACES_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_KEY_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     software_version: str
     replaces_session_id: str
-    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ...) -> None: ...
+    attestation_key: bytes
+    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ..., attestation_key: _Optional[bytes] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "sent_unix_ms")
@@ -41,7 +45,7 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end", "model_deploy", "model_control", "authz_sync")
+    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end", "model_deploy", "model_control", "authz_sync", "feature_ack", "pseudonym_key")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +55,8 @@ class CoordinatorMessage(_message.Message):
     MODEL_DEPLOY_FIELD_NUMBER: _ClassVar[int]
     MODEL_CONTROL_FIELD_NUMBER: _ClassVar[int]
     AUTHZ_SYNC_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_ACK_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_KEY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     heartbeat_ack: HeartbeatAck
     goodbye: Goodbye
@@ -60,7 +66,9 @@ class CoordinatorMessage(_message.Message):
     model_deploy: ModelDeploy
     model_control: ModelControl
     authz_sync: AuthzSync
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ...) -> None: ...
+    feature_ack: FeatureAck
+    pseudonym_key: PseudonymKey
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ..., feature_ack: _Optional[_Union[FeatureAck, _Mapping]] = ..., pseudonym_key: _Optional[_Union[PseudonymKey, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "site_id", "heartbeat_interval_ms")
@@ -257,3 +265,43 @@ class AuthzSync(_message.Message):
     as_of_unix: int
     model_owners: _containers.ScalarMap[str, str]
     def __init__(self, bindings: _Optional[_Iterable[_Union[_admin_pb2.RoleBinding, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[ModelGrant, _Mapping]]] = ..., revoked_serials: _Optional[_Iterable[str]] = ..., as_of_unix: _Optional[int] = ..., model_owners: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FeatureChunk(_message.Message):
+    __slots__ = ("release_id", "seq", "last", "attestation", "signature", "content", "total_bytes", "job_id", "dataset")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    seq: int
+    last: bool
+    attestation: bytes
+    signature: bytes
+    content: bytes
+    total_bytes: int
+    job_id: str
+    dataset: str
+    def __init__(self, release_id: _Optional[str] = ..., seq: _Optional[int] = ..., last: _Optional[bool] = ..., attestation: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., content: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+
+class FeatureAck(_message.Message):
+    __slots__ = ("release_id", "ok", "error")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    ok: bool
+    error: str
+    def __init__(self, release_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PseudonymKey(_message.Message):
+    __slots__ = ("key_id", "key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., key: _Optional[bytes] = ...) -> None: ...

@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14insitu/v1/site.proto\x12\tinsitu.v1\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"g\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x06inputs\x18\x03 \x03(\x0b\x32\x11.insitu.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"i\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x07outputs\x18\x03 \x03(\x0b\x32\x11.insitu.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\x97\x01\n\x07SiteApi\x12@\n\x07Predict\x12\x19.insitu.v1.PredictRequest\x1a\x1a.insitu.v1.PredictResponse\x12J\n\rPredictStream\x12\x19.insitu.v1.PredictRequest\x1a\x1a.insitu.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14insitu/v1/site.proto\x12\tinsitu.v1\"9\n\x16ReleaseFeaturesRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\x92\x01\n\x17ReleaseFeaturesResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07rows_in\x18\x02 \x01(\x03\x12\x10\n\x08rows_out\x18\x03 \x01(\x03\x12\x12\n\nk_achieved\x18\x04 \x01(\x03\x12\x17\n\x0f\x65psilon_charged\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"g\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x06inputs\x18\x03 \x03(\x0b\x32\x11.insitu.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"i\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x07outputs\x18\x03 \x03(\x0b\x32\x11.insitu.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xf1\x01\n\x07SiteApi\x12@\n\x07Predict\x12\x19.insitu.v1.PredictRequest\x1a\x1a.insitu.v1.PredictResponse\x12J\n\rPredictStream\x12\x19.insitu.v1.PredictRequest\x1a\x1a.insitu.v1.PredictResponse(\x01\x30\x01\x12X\n\x0fReleaseFeatures\x12!.insitu.v1.ReleaseFeaturesRequest\x1a\".insitu.v1.ReleaseFeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'insitu.v1.site_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENSOR']._serialized_start=35
-  _globals['_TENSOR']._serialized_end=101
-  _globals['_PREDICTREQUEST']._serialized_start=103
-  _globals['_PREDICTREQUEST']._serialized_end=206
-  _globals['_PREDICTRESPONSE']._serialized_start=208
-  _globals['_PREDICTRESPONSE']._serialized_end=313
-  _globals['_SITEAPI']._serialized_start=316
-  _globals['_SITEAPI']._serialized_end=467
+  _globals['_RELEASEFEATURESREQUEST']._serialized_start=35
+  _globals['_RELEASEFEATURESREQUEST']._serialized_end=92
+  _globals['_RELEASEFEATURESRESPONSE']._serialized_start=95
+  _globals['_RELEASEFEATURESRESPONSE']._serialized_end=241
+  _globals['_TENSOR']._serialized_start=243
+  _globals['_TENSOR']._serialized_end=309
+  _globals['_PREDICTREQUEST']._serialized_start=311
+  _globals['_PREDICTREQUEST']._serialized_end=414
+  _globals['_PREDICTRESPONSE']._serialized_start=416
+  _globals['_PREDICTRESPONSE']._serialized_end=521
+  _globals['_SITEAPI']._serialized_start=524
+  _globals['_SITEAPI']._serialized_end=765
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReleaseFeaturesRequest(_message.Message):
+    __slots__ = ("dataset", "job_id")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    job_id: str
+    def __init__(self, dataset: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseFeaturesResponse(_message.Message):
+    __slots__ = ("release_id", "rows_in", "rows_out", "k_achieved", "epsilon_charged", "policy_hash")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_IN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_OUT_FIELD_NUMBER: _ClassVar[int]
+    K_ACHIEVED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    rows_in: int
+    rows_out: int
+    k_achieved: int
+    epsilon_charged: float
+    policy_hash: str
+    def __init__(self, release_id: _Optional[str] = ..., rows_in: _Optional[int] = ..., rows_out: _Optional[int] = ..., k_achieved: _Optional[int] = ..., epsilon_charged: _Optional[float] = ..., policy_hash: _Optional[str] = ...) -> None: ...
+
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
     NAME_FIELD_NUMBER: _ClassVar[int]

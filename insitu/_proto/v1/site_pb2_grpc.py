@@ -44,6 +44,11 @@ class SiteApiStub:
                 request_serializer=insitu_dot_v1_dot_site__pb2.PredictRequest.SerializeToString,
                 response_deserializer=insitu_dot_v1_dot_site__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.ReleaseFeatures = channel.unary_unary(
+                '/insitu.v1.SiteApi/ReleaseFeatures',
+                request_serializer=insitu_dot_v1_dot_site__pb2.ReleaseFeaturesRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_site__pb2.ReleaseFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class SiteApiServicer:
@@ -61,6 +66,13 @@ class SiteApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseFeatures(self, request, context):
+        """A data steward of this site releases de-identified features of a dataset for a job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiteApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_SiteApiServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=insitu_dot_v1_dot_site__pb2.PredictRequest.FromString,
                     response_serializer=insitu_dot_v1_dot_site__pb2.PredictResponse.SerializeToString,
+            ),
+            'ReleaseFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFeatures,
+                    request_deserializer=insitu_dot_v1_dot_site__pb2.ReleaseFeaturesRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_site__pb2.ReleaseFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class SiteApi:
             '/insitu.v1.SiteApi/PredictStream',
             insitu_dot_v1_dot_site__pb2.PredictRequest.SerializeToString,
             insitu_dot_v1_dot_site__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.SiteApi/ReleaseFeatures',
+            insitu_dot_v1_dot_site__pb2.ReleaseFeaturesRequest.SerializeToString,
+            insitu_dot_v1_dot_site__pb2.ReleaseFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,12 @@ class SiteApiStub:
         insitu._proto.v1.site_pb2.PredictResponse,
     ]
 
+    ReleaseFeatures: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.site_pb2.ReleaseFeaturesRequest,
+        insitu._proto.v1.site_pb2.ReleaseFeaturesResponse,
+    ]
+    """A data steward of this site releases de-identified features of a dataset for a job."""
+
 class SiteApiAsyncStub:
     Predict: grpc.aio.UnaryUnaryMultiCallable[
         insitu._proto.v1.site_pb2.PredictRequest,
@@ -41,6 +47,12 @@ class SiteApiAsyncStub:
         insitu._proto.v1.site_pb2.PredictRequest,
         insitu._proto.v1.site_pb2.PredictResponse,
     ]
+
+    ReleaseFeatures: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.site_pb2.ReleaseFeaturesRequest,
+        insitu._proto.v1.site_pb2.ReleaseFeaturesResponse,
+    ]
+    """A data steward of this site releases de-identified features of a dataset for a job."""
 
 class SiteApiServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -56,5 +68,13 @@ class SiteApiServicer(metaclass=abc.ABCMeta):
         request_iterator: _MaybeAsyncIterator[insitu._proto.v1.site_pb2.PredictRequest],
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[insitu._proto.v1.site_pb2.PredictResponse], collections.abc.AsyncIterator[insitu._proto.v1.site_pb2.PredictResponse]]: ...
+
+    @abc.abstractmethod
+    def ReleaseFeatures(
+        self,
+        request: insitu._proto.v1.site_pb2.ReleaseFeaturesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.site_pb2.ReleaseFeaturesResponse, collections.abc.Awaitable[insitu._proto.v1.site_pb2.ReleaseFeaturesResponse]]:
+        """A data steward of this site releases de-identified features of a dataset for a job."""
 
 def add_SiteApiServicer_to_server(servicer: SiteApiServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
