@@ -15,6 +15,7 @@ import grpc
 from coordinator.authorization import CoordinatorAuthorizer
 from coordinator.deployments import DeploymentManager
 from coordinator.features import FeatureIntake, PseudonymKeys
+from coordinator.witness import CoordinatorWitness
 from coordinator.jobs import JobManager, JobSettings
 from coordinator.registry import ModelRegistry
 from coordinator.resources import install_resolvers
@@ -142,6 +143,11 @@ class Coordinator:
             audit=lambda event, attrs: self.auditor.event(
                 event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))), attrs=attrs))
         self.sessions.on_change(self._send_pseudonym_key)
+        self.witness = CoordinatorWitness(
+            self.audit_log, self.sessions, self.store, settings.trust_domain,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("AuditLog", "coordinator"), outcome="failure", attrs=attrs),
+            interval_s=settings.witness_interval_s)
         install_resolvers(self.authorizer, self.jobs, self.registry, self.features)
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
@@ -220,6 +226,7 @@ class Coordinator:
         )
         self.server.start()
         self.enrol_server.start()
+        self.witness.start()
         host = self.settings.advertise_host
         endpoints = {
             "listen": f"{host}:{self.port}",
@@ -262,6 +269,8 @@ class Coordinator:
             self.deployments.on_result(session, msg.deploy_result)
         elif kind == "feature_batch":
             self.features.on_chunk(session, msg.feature_batch)
+        elif kind == "witness":
+            self.witness.on_note(session, msg.witness)
         else:
             self.jobs.on_site_message(session, msg)
 
@@ -286,6 +295,7 @@ class Coordinator:
             if srv is not None:
                 srv.stop(grace).wait(grace + 1)
         self.jobs.stop()
+        self.witness.stop()
         self.revocation.stop()
         self.audit_log.close()  # final checkpoint on shutdown
         self.store.close()

@@ -88,6 +88,7 @@ class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):
             self.c.sessions,
             self.c.store,
             self.c.settings.heartbeat_interval_ms, on_message=self.c.on_site_message,
+            on_hello=self.c.witness.on_hello,
         )
 
     def Renew(

@@ -48,6 +48,7 @@ def serve_session(
     store: CoordinatorStore,
     heartbeat_interval_ms: int,
     on_message: Callable[[Session, session_pb2.SiteMessage], None] | None = None,
+    on_hello: Callable[[str, int], None] | None = None,
 ) -> Iterator[session_pb2.CoordinatorMessage]:
     first = _first_message(requests)
     if first.WhichOneof("body") != "hello":
@@ -62,6 +63,11 @@ def serve_session(
     key = first.hello.attestation_key
     if len(key) == 32 and not store.pin_attestation_key(site_id, key, now=int(time.time())):
         log.warning("site %s presented an attestation key other than the pinned one", site_id)
+    akey = first.hello.audit_key
+    if len(akey) == 32 and not store.pin_audit_key(site_id, akey, now=int(time.time())):
+        log.warning("site %s presented an audit key other than the pinned one", site_id)
+    if on_hello is not None:
+        on_hello(site_id, int(first.hello.witnessed_size))
     session = registry.open(site_id, principal.cert_serial, principal.not_after)
     stop_reader = threading.Event()
 

@@ -36,6 +36,7 @@ class CoordinatorSettings:
     audit_checkpoint_every_s: float = 60.0
     job_approval_timeout_s: float = 60.0
     max_update_bytes: int = 512 * 1024 * 1024
+    witness_interval_s: float = 5.0
 
     @property
     def server_name(self) -> str:

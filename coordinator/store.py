@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS site_keys (
   attestation_key BLOB NOT NULL,
   pinned_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS site_audit_keys (
+  site_id TEXT PRIMARY KEY,
+  audit_key BLOB NOT NULL,
+  pinned_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_grants (
   model TEXT NOT NULL,
   principal TEXT NOT NULL,
@@ -292,6 +297,20 @@ class CoordinatorStore:
             (pinned,) = db.execute("SELECT attestation_key FROM site_keys WHERE site_id = ?",
                                    (site_id,)).fetchone()
         return bytes(pinned) == key
+
+    def pin_audit_key(self, site_id: str, key: bytes, *, now: int) -> bool:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO site_audit_keys VALUES (?, ?, ?)",
+                       (site_id, key, now))
+            (pinned,) = db.execute("SELECT audit_key FROM site_audit_keys WHERE site_id = ?",
+                                   (site_id,)).fetchone()
+        return bytes(pinned) == key
+
+    def audit_key(self, site_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT audit_key FROM site_audit_keys WHERE site_id = ?",
+                                   (site_id,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def attestation_key(self, site_id: str) -> bytes | None:
         with self._lock:

@@ -23,7 +23,8 @@ from insitu.errors import ErrorCode, InsituError
 from insitu.identity.spiffe import SpiffeId
 from site_node.releases import PseudonymHolder, SiteReleases, attestation_signer
 from site_node.deployments import SiteDeployments, pinned_verifier
-from site_node.enrol import pinned_model_keys
+from site_node.enrol import pinned_coordinator_audit_key, pinned_model_keys
+from site_node.witness import SiteWitness
 from site_node.serving.repository import ModelRepository
 from site_node.serving.service import ServingRuntime
 from site_node.site_api import SiteApiServer
@@ -63,9 +64,11 @@ class SiteDaemon:
         d = settings.site_dir
         signer = site_audit_signer(d)
         self.audit_log = AuditLog(
-            SqliteAuditStore(d / "audit.db"), origin=f"{settings.trust_domain}/site/{settings.site_id}",
+            SqliteAuditStore(d / "audit.db"),
+            origin=f"{settings.trust_domain}/site/{settings.site_id}",
             node=f"site/{settings.site_id}", signer=signer.sign, key_name=AUDIT_KEY_NAME,
             public_key=signer.public_key,
+            checkpoint_every_s=settings.audit_checkpoint_every_s,
         )
         self.auditor = RpcAuditor(self.audit_log, f"site/{settings.site_id}")
         self.datasets = load_datasets(d)
@@ -77,7 +80,14 @@ class SiteDaemon:
         self.attestation = attestation_signer(d)
         self.pseudonyms = PseudonymHolder()
         self.session = SiteSession(settings, self.guard, on_inbound=self._on_inbound,
-                                   attestation_key=self.attestation.public_key)
+                                   attestation_key=self.attestation.public_key,
+                                   audit_key=signer.public_key)
+        self.witness = SiteWitness(
+            d, settings.site_id, pinned_coordinator_audit_key(d), signer, self.audit_log,
+            self.session.send, interval_s=settings.witness_interval_s,
+            audit=lambda event, attrs: self.auditor.event(
+                event, event, ("AuditLog", "coordinator"), outcome="denied", attrs=attrs))
+        self.session.witnessed_size = lambda: self.witness.witnessed_size
         self.jobs = SiteJobs(
             site_dir=d, site_id=settings.site_id, trust_domain=settings.trust_domain,
             datasets=self.datasets, ledger=self.ledger, approvals=self.approvals,
@@ -141,6 +151,9 @@ class SiteDaemon:
             self.pseudonyms.set(msg.pseudonym_key.key_id, msg.pseudonym_key.key)
         elif kind == "feature_ack":
             self.releases.on_ack(msg.feature_ack)
+        elif kind == "checkpoint_offer":
+            threading.Thread(target=self.witness.on_offer, args=(msg.checkpoint_offer,),
+                             daemon=True).start()
         else:
             self.jobs.on_message(msg)
 
@@ -151,9 +164,11 @@ class SiteDaemon:
                                  self.auditor, self.releases)
         self.api.start()
         self.session.status.api_port = self.api.port
+        threading.Thread(target=self.witness.run, name="witness", daemon=True).start()
         try:
             self.session.run()
         finally:
+            self.witness.stop()
             self.api.stop()
             self.runtime.close()
             self.jobs.close()

@@ -22,7 +22,7 @@ from insitu.errors import ErrorCode, InsituError
 
 __all__ = ["EgressGuard", "EgressRefused"]
 
-CONTROL = frozenset({"hello", "heartbeat", "job_decision", "deploy_result"})
+CONTROL = frozenset({"hello", "heartbeat", "job_decision", "deploy_result", "witness"})
 MAX_CONFIG_ENTRIES = 64
 
 

@@ -86,6 +86,15 @@ def pin_trust(site_dir: Path, model_keys: dict[int, bytes], audit_key: bytes) ->
     (d / "coordinator-audit.pub").write_text(base64.b64encode(audit_key).decode() + "\n")
 
 
+def pinned_coordinator_audit_key(site_dir: Path) -> bytes:
+    import base64
+
+    path = site_dir / TRUST_DIR / "coordinator-audit.pub"
+    if not path.exists():
+        raise InsituError(ErrorCode.CONFIG, f"{path} is missing: re-enrol this site")
+    return base64.b64decode(path.read_text().strip())
+
+
 def pinned_model_keys(site_dir: Path) -> dict[int, bytes]:
     import base64
     import json

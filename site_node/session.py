@@ -59,8 +59,11 @@ class _Stream:
 
     def __init__(self, s: SiteSettings, creds: Credentials, guard: EgressGuard,
                  on_inbound: Inbound | None, replaces: str = "",
-                 attestation_key: bytes = b"") -> None:
+                 attestation_key: bytes = b"", audit_key: bytes = b"",
+                 witnessed_size: int = 0) -> None:
         self.attestation_key = attestation_key
+        self.audit_key = audit_key
+        self.witnessed_size = witnessed_size
         self.settings = s
         self.guard = guard
         self.on_inbound = on_inbound
@@ -86,6 +89,8 @@ class _Stream:
                     software_version=SOFTWARE_VERSION,
                     replaces_session_id=self._replaces,
                     attestation_key=self.attestation_key,
+                    audit_key=self.audit_key,
+                    witnessed_size=self.witnessed_size,
                 )
             )
         )
@@ -140,9 +145,12 @@ class SiteSession:
     """Supervises the session stream until :meth:`stop`."""
 
     def __init__(self, settings: SiteSettings, guard: EgressGuard | None = None,
-                 on_inbound: Inbound | None = None, attestation_key: bytes = b"") -> None:
+                 on_inbound: Inbound | None = None, attestation_key: bytes = b"",
+                 audit_key: bytes = b"") -> None:
         self.settings = settings
         self.attestation_key = attestation_key
+        self.audit_key = audit_key
+        self.witnessed_size: Callable[[], int] = lambda: 0
         self.guard = guard or EgressGuard(lambda kind, reason: None)
         self.on_inbound = on_inbound
         self._current: _Stream | None = None
@@ -178,7 +186,8 @@ class SiteSession:
             creds = Credentials.load(self.settings.tls_dir)
             self._note_cert(creds)
             stream = _Stream(self.settings, creds, self.guard, self.on_inbound,
-                             attestation_key=self.attestation_key)
+                             attestation_key=self.attestation_key, audit_key=self.audit_key,
+                             witnessed_size=self.witnessed_size())
             stream.start()
             if not self._await_welcome(stream):
                 self._fail(stream)
@@ -278,7 +287,8 @@ class SiteSession:
             return None
         creds.save(self.settings.tls_dir)
         new = _Stream(self.settings, creds, self.guard, self.on_inbound,
-                      replaces=old.session_id, attestation_key=self.attestation_key)
+                      replaces=old.session_id, attestation_key=self.attestation_key,
+                      audit_key=self.audit_key, witnessed_size=self.witnessed_size())
         new.start()
         if not new.welcomed.wait(WELCOME_TIMEOUT_S):
             new.close()

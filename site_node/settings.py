@@ -26,6 +26,8 @@ class SiteSettings:
     api_listen: str = "127.0.0.1:0"
     policy_dir: Path | None = None
     local_policy_dir: Path | None = None
+    audit_checkpoint_every_s: float = 60.0
+    witness_interval_s: float = 5.0
 
     @property
     def tls_dir(self) -> Path:

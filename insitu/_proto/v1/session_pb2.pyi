@@ -9,32 +9,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision", "deploy_result", "feature_batch")
+    __slots__ = ("hello", "heartbeat", "task_reply", "job_decision", "deploy_result", "feature_batch", "witness")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TASK_REPLY_FIELD_NUMBER: _ClassVar[int]
     JOB_DECISION_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_RESULT_FIELD_NUMBER: _ClassVar[int]
     FEATURE_BATCH_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     task_reply: TaskChunk
     job_decision: JobDecision
     deploy_result: DeployResult
     feature_batch: FeatureChunk
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ..., feature_batch: _Optional[_Union[FeatureChunk, _Mapping]] = ...) -> None: ...
+    witness: WitnessNote
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ..., feature_batch: _Optional[_Union[FeatureChunk, _Mapping]] = ..., witness: _Optional[_Union[WitnessNote, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("site_id", "software_version", "replaces_session_id", "attestation_key")
+    __slots__ = ("site_id", "software_version", "replaces_session_id", "attestation_key", "audit_key", "witnessed_size")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLACES_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    WITNESSED_SIZE_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     software_version: str
     replaces_session_id: str
     attestation_key: bytes
-    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ..., attestation_key: _Optional[bytes] = ...) -> None: ...
+    audit_key: bytes
+    witnessed_size: int
+    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ..., attestation_key: _Optional[bytes] = ..., audit_key: _Optional[bytes] = ..., witnessed_size: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "sent_unix_ms")
@@ -45,7 +51,7 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end", "model_deploy", "model_control", "authz_sync", "feature_ack", "pseudonym_key")
+    __slots__ = ("welcome", "heartbeat_ack", "goodbye", "task", "job_proposal", "job_end", "model_deploy", "model_control", "authz_sync", "feature_ack", "pseudonym_key", "checkpoint_offer")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +63,7 @@ class CoordinatorMessage(_message.Message):
     AUTHZ_SYNC_FIELD_NUMBER: _ClassVar[int]
     FEATURE_ACK_FIELD_NUMBER: _ClassVar[int]
     PSEUDONYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_OFFER_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     heartbeat_ack: HeartbeatAck
     goodbye: Goodbye
@@ -68,7 +75,8 @@ class CoordinatorMessage(_message.Message):
     authz_sync: AuthzSync
     feature_ack: FeatureAck
     pseudonym_key: PseudonymKey
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ..., feature_ack: _Optional[_Union[FeatureAck, _Mapping]] = ..., pseudonym_key: _Optional[_Union[PseudonymKey, _Mapping]] = ...) -> None: ...
+    checkpoint_offer: CheckpointOffer
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ..., feature_ack: _Optional[_Union[FeatureAck, _Mapping]] = ..., pseudonym_key: _Optional[_Union[PseudonymKey, _Mapping]] = ..., checkpoint_offer: _Optional[_Union[CheckpointOffer, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "site_id", "heartbeat_interval_ms")
@@ -305,3 +313,23 @@ class PseudonymKey(_message.Message):
     key_id: str
     key: bytes
     def __init__(self, key_id: _Optional[str] = ..., key: _Optional[bytes] = ...) -> None: ...
+
+class WitnessNote(_message.Message):
+    __slots__ = ("kind", "note", "size")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    note: str
+    size: int
+    def __init__(self, kind: _Optional[str] = ..., note: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class CheckpointOffer(_message.Message):
+    __slots__ = ("note", "from_size", "proof")
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    note: str
+    from_size: int
+    proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, note: _Optional[str] = ..., from_size: _Optional[int] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
