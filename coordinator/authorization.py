@@ -28,8 +28,9 @@ ResourceResolver = Callable[[Principal, MethodResource, Any], Resource | EntityR
 
 
 class CoordinatorAuthorizer:
-    def __init__(self, engine: PolicyEngine, store: CoordinatorStore, keys: KeyService,
-                 trust_domain: str) -> None:
+    def __init__(
+        self, engine: PolicyEngine, store: CoordinatorStore, keys: KeyService, trust_domain: str
+    ) -> None:
         self.trust_domain = trust_domain
         self.engine = engine
         self.store = store
@@ -51,13 +52,19 @@ class CoordinatorAuthorizer:
             hit = self._cache.get(uri)
             if hit and now - hit[0] < _CACHE_S:
                 return hit[1]
-        out = [RoleBinding(r.principal, r.role, r.site or None, r.org or None,
-                           r.not_before, r.not_after)
-               for r in self.store.bindings_of(uri)]
+        out = [
+            RoleBinding(
+                r.principal, r.role, r.site or None, r.org or None, r.not_before, r.not_after
+            )
+            for r in self.store.bindings_of(uri)
+        ]
         if principal.kind is IdentityKind.USER:
             rec = self.keys.kv_get(BOOTSTRAP_KV_PREFIX + principal.name)
-            if rec and rec.get("spiffe_id") == uri and \
-                    rec.get("cert_serial") == f"{principal.cert_serial:x}":
+            if (
+                rec
+                and rec.get("spiffe_id") == uri
+                and rec.get("cert_serial") == f"{principal.cert_serial:x}"
+            ):
                 out.append(RoleBinding(uri, "federation_admin"))
                 if uri not in self._bootstraps_seen:
                     self._bootstraps_seen.add(uri)
@@ -74,8 +81,9 @@ class CoordinatorAuthorizer:
                 return b.org
         return None
 
-    def resolve(self, principal: Principal, action: str, resource: MethodResource,
-                request: Any) -> Resource | EntityRef:
+    def resolve(
+        self, principal: Principal, action: str, resource: MethodResource, request: Any
+    ) -> Resource | EntityRef:
         resolver = self.resolvers.get(action)
         if resolver is not None:
             return resolver(principal, resource, request)
@@ -85,8 +93,9 @@ class CoordinatorAuthorizer:
             return EntityRef("Site", resource.id or "-")
         return EntityRef(resource.type, resource.id or resource.type.lower())
 
-    def authorize(self, principal: Principal, action: str, resource: MethodResource,
-                  context: dict[str, Any]) -> Decision:
+    def authorize(
+        self, principal: Principal, action: str, resource: MethodResource, context: dict[str, Any]
+    ) -> Decision:
         try:
             res = self.resolve(principal, action, resource, context.get("request"))
         except InsituError as e:
@@ -97,20 +106,36 @@ class CoordinatorAuthorizer:
         if context.get("emergency_access"):
             ctx["emergency_access"] = True
             ctx["reason"] = context.get("reason", "")
-        return self.engine.authorize(AuthzRequest(
-            principal=principal, bindings=self.bindings(principal), action=action,
-            resource=res, context=ctx,
-        ))
+        return self.engine.authorize(
+            AuthzRequest(
+                principal=principal,
+                bindings=self.bindings(principal),
+                action=action,
+                resource=res,
+                context=ctx,
+            )
+        )
 
     def check(self, principal: Principal, action: str, resource: Resource | EntityRef) -> bool:
         """Domain check inside a handler (e.g. filtering a list)."""
-        d = self.engine.authorize(AuthzRequest(
-            principal=principal, bindings=self.bindings(principal), action=action,
-            resource=resource, context={"now": int(time.time())},
-        ))
+        d = self.engine.authorize(
+            AuthzRequest(
+                principal=principal,
+                bindings=self.bindings(principal),
+                action=action,
+                resource=resource,
+                context={"now": int(time.time())},
+            )
+        )
         return bool(d.allowed)
 
 
 def _deny(reason: str) -> Decision:
-    return Decision(allowed=False, policy_ids=(), policy_hash="", reasons=(reason,),
-                    errors=(), break_glass=False)
+    return Decision(
+        allowed=False,
+        policy_ids=(),
+        policy_hash="",
+        reasons=(reason,),
+        errors=(),
+        break_glass=False,
+    )

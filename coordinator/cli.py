@@ -63,6 +63,7 @@ def serve(
                 logging.getLogger("insitu").info("policy reloaded %s -> %s", old[:12], new[:12])
             except InsituError as e:
                 logging.getLogger("insitu").error("policy reload refused: %s", e.detail)
+
         threading.Thread(target=reload, daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hup)

@@ -38,13 +38,22 @@ def parse_version(version: str) -> int:
 
 
 def default_config(inputs: list[dict[str, object]], outputs: list[dict[str, object]]) -> str:
-    return str(yaml.safe_dump({
-        "inputs": inputs,
-        "outputs": [o["name"] for o in outputs],
-        "batching": {"enabled": True, "max_batch_size": 64, "max_queue_delay_us": 0,
-                     "max_queue_size": 1024},
-        "version_policy": {"latest": 3},
-    }, sort_keys=False))
+    return str(
+        yaml.safe_dump(
+            {
+                "inputs": inputs,
+                "outputs": [o["name"] for o in outputs],
+                "batching": {
+                    "enabled": True,
+                    "max_batch_size": 64,
+                    "max_queue_delay_us": 0,
+                    "max_queue_size": 1024,
+                },
+                "version_policy": {"latest": 3},
+            },
+            sort_keys=False,
+        )
+    )
 
 
 @dataclass
@@ -54,8 +63,14 @@ class _Waiter:
 
 
 class DeploymentManager:
-    def __init__(self, sessions: SessionRegistry, registry: ModelRegistry, keys: KeyService,
-                 store: CoordinatorStore, trust_domain: str) -> None:
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        registry: ModelRegistry,
+        keys: KeyService,
+        store: CoordinatorStore,
+        trust_domain: str,
+    ) -> None:
         self.sessions = sessions
         self.registry = registry
         self.keys = keys
@@ -74,8 +89,9 @@ class DeploymentManager:
             raise InsituError(ErrorCode.UNAVAILABLE, f"site {site_id} is not connected")
         return s
 
-    def _ask(self, site_id: str, msg: session_pb2.CoordinatorMessage, request_id: str,
-             model: str) -> jobs_pb2.DeploymentStatus:
+    def _ask(
+        self, site_id: str, msg: session_pb2.CoordinatorMessage, request_id: str, model: str
+    ) -> jobs_pb2.DeploymentStatus:
         waiter = _Waiter(threading.Event())
         with self._lock:
             self._waiters[request_id] = waiter
@@ -90,10 +106,13 @@ class DeploymentManager:
         assert r is not None
         if not r.ok:
             raise InsituError(ErrorCode.FAILED_PRECONDITION, f"site {site_id}: {r.error}")
-        return jobs_pb2.DeploymentStatus(site_id=site_id, model=model,
-                                         serving_version=r.serving_version,
-                                         canary_version=r.canary_version,
-                                         canary_percent=r.canary_percent)
+        return jobs_pb2.DeploymentStatus(
+            site_id=site_id,
+            model=model,
+            serving_version=r.serving_version,
+            canary_version=r.canary_version,
+            canary_percent=r.canary_percent,
+        )
 
     def deploy(self, req: jobs_pb2.DeployModelRequest) -> jobs_pb2.DeploymentStatus:
         version = parse_version(req.version)
@@ -117,16 +136,26 @@ class DeploymentManager:
         import json
 
         request_id = uuid.uuid4().hex
-        msg = session_pb2.CoordinatorMessage(model_deploy=session_pb2.ModelDeploy(
-            request_id=request_id, model=req.name, version=version, onnx=record.onnx,
-            artifact=json.dumps(doc).encode(), config_yaml=default_config(inputs, outputs),
-            canary_percent=req.canary_percent))
+        msg = session_pb2.CoordinatorMessage(
+            model_deploy=session_pb2.ModelDeploy(
+                request_id=request_id,
+                model=req.name,
+                version=version,
+                onnx=record.onnx,
+                artifact=json.dumps(doc).encode(),
+                config_yaml=default_config(inputs, outputs),
+                canary_percent=req.canary_percent,
+            )
+        )
         return self._ask(req.site_id, msg, request_id, req.name)
 
     def control(self, req: jobs_pb2.ModelControlRequest, action: str) -> jobs_pb2.DeploymentStatus:
         request_id = uuid.uuid4().hex
-        msg = session_pb2.CoordinatorMessage(model_control=session_pb2.ModelControl(
-            request_id=request_id, model=req.name, action=action))
+        msg = session_pb2.CoordinatorMessage(
+            model_control=session_pb2.ModelControl(
+                request_id=request_id, model=req.name, action=action
+            )
+        )
         return self._ask(req.site_id, msg, request_id, req.name)
 
     def on_result(self, session: Session, r: session_pb2.DeployResult) -> None:
@@ -148,20 +177,34 @@ class DeploymentManager:
         self.sync_all()
 
     def authz_state(self, site_id: str) -> session_pb2.AuthzSync:
-        bindings = [admin_pb2.RoleBinding(
-            principal=b.principal, role=b.role, site=b.site, org=b.org,
-            not_before_unix=b.not_before or 0, not_after_unix=b.not_after or 0)
+        bindings = [
+            admin_pb2.RoleBinding(
+                principal=b.principal,
+                role=b.role,
+                site=b.site,
+                org=b.org,
+                not_before_unix=b.not_before or 0,
+                not_after_unix=b.not_after or 0,
+            )
             for b in self.store.bindings_of(None)
-            if (b.role not in SITE_ROLES) or b.site == site_id]
-        grants = [session_pb2.ModelGrant(model=m, principal=p) for m, p in self.store.model_grants()]
+            if (b.role not in SITE_ROLES) or b.site == site_id
+        ]
+        grants = [
+            session_pb2.ModelGrant(model=m, principal=p) for m, p in self.store.model_grants()
+        ]
         owners = {m["name"]: m["owner"] for m in self.registry.list()}
-        return session_pb2.AuthzSync(bindings=bindings, grants=grants,
-                                     revoked_serials=[f"{s:x}" for s in sorted(self.revoked())],
-                                     as_of_unix=int(time.time()), model_owners=owners)
+        return session_pb2.AuthzSync(
+            bindings=bindings,
+            grants=grants,
+            revoked_serials=[f"{s:x}" for s in sorted(self.revoked())],
+            as_of_unix=int(time.time()),
+            model_owners=owners,
+        )
 
     def sync(self, session: Session) -> None:
-        session.outbound.put(session_pb2.CoordinatorMessage(
-            authz_sync=self.authz_state(session.site_id)))
+        session.outbound.put(
+            session_pb2.CoordinatorMessage(authz_sync=self.authz_state(session.site_id))
+        )
 
     def sync_all(self) -> None:
         for s in self.sessions.all():

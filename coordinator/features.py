@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from coordinator.jobs import JobManager, JobRecord
 from coordinator.sessions import Session
 from coordinator.store import CoordinatorStore
-from insitu._proto.v1 import features_pb2, session_pb2
+from insitu._proto.v1 import session_pb2
 from insitu.attestation import SignedAttestation, verify_attestation
 from insitu.authz import EntityRef, Resource
 from insitu.errors import ErrorCode, InsituError
@@ -61,24 +61,40 @@ class PseudonymKeys:
 
 
 def _dataset(site: str, dataset: str, purposes: list[str]) -> Resource:
-    return Resource("Dataset", f"{site}:{dataset}",
-                    {"site": EntityRef("Site", site), "purposes": set(purposes)})
+    return Resource(
+        "Dataset", f"{site}:{dataset}", {"site": EntityRef("Site", site), "purposes": set(purposes)}
+    )
 
 
-def release_resource(job: JobRecord, site: str, dataset: str, purposes: list[str],
-                     approved: bool, release_id: str = "new") -> Resource:
+def release_resource(
+    job: JobRecord,
+    site: str,
+    dataset: str,
+    purposes: list[str],
+    approved: bool,
+    release_id: str = "new",
+) -> Resource:
     """FeatureRelease with its Job; one Dataset entity per id (the job's view reuses it)."""
     ds = _dataset(site, dataset, purposes)
-    approved_ds = [ds if (s, d) == (site, dataset) else _dataset(s, d, [job.purpose])
-                   for s, d in job.targets]
-    job_res = Resource("Job", job.job_id, {
-        "owner": EntityRef("User", SpiffeId.parse(job.owner).name),
-        "org": EntityRef("Org", job.org or "none"), "purpose": job.purpose,
-        "approved_datasets": approved_ds,
-        "sites": [EntityRef("Site", s) for s, _ in job.targets],
-    })
-    return Resource("FeatureRelease", release_id, {
-        "dataset": ds, "site": EntityRef("Site", site), "job": job_res, "approved": approved})
+    approved_ds = [
+        ds if (s, d) == (site, dataset) else _dataset(s, d, [job.purpose]) for s, d in job.targets
+    ]
+    job_res = Resource(
+        "Job",
+        job.job_id,
+        {
+            "owner": EntityRef("User", SpiffeId.parse(job.owner).name),
+            "org": EntityRef("Org", job.org or "none"),
+            "purpose": job.purpose,
+            "approved_datasets": approved_ds,
+            "sites": [EntityRef("Site", s) for s, _ in job.targets],
+        },
+    )
+    return Resource(
+        "FeatureRelease",
+        release_id,
+        {"dataset": ds, "site": EntityRef("Site", site), "job": job_res, "approved": approved},
+    )
 
 
 @dataclass
@@ -89,8 +105,15 @@ class _Partial:
 
 
 class FeatureIntake:
-    def __init__(self, root: Path, keys: KeyService, store: CoordinatorStore, jobs: JobManager,
-                 check: Callable[[str, str, Resource], bool], audit: Audit) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keys: KeyService,
+        store: CoordinatorStore,
+        jobs: JobManager,
+        check: Callable[[str, str, Resource], bool],
+        audit: Audit,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keys = keys
@@ -124,18 +147,32 @@ class FeatureIntake:
         try:
             info = self._accept(session.site_id, p.first, b"".join(p.parts))
             self._ack(session, c.release_id, "")
-            self.audit("features.intake", {"release_id": c.release_id, "site": session.site_id,
-                                           "dataset": info["dataset"], "job_id": info["job_id"],
-                                           "rows_out": str(info["rows_out"]),
-                                           "policy_hash": info["policy_hash"]})
+            self.audit(
+                "features.intake",
+                {
+                    "release_id": c.release_id,
+                    "site": session.site_id,
+                    "dataset": info["dataset"],
+                    "job_id": info["job_id"],
+                    "rows_out": str(info["rows_out"]),
+                    "policy_hash": info["policy_hash"],
+                },
+            )
         except InsituError as e:
-            self.audit("features.refused", {"release_id": c.release_id, "site": session.site_id,
-                                            "reason": e.detail[:200]})
+            self.audit(
+                "features.refused",
+                {"release_id": c.release_id, "site": session.site_id, "reason": e.detail[:200]},
+            )
             self._ack(session, c.release_id, e.detail)
 
     def _ack(self, session: Session, release_id: str, error: str) -> None:
-        session.outbound.put(session_pb2.CoordinatorMessage(feature_ack=session_pb2.FeatureAck(
-            release_id=release_id, ok=not error, error=error[:500])))
+        session.outbound.put(
+            session_pb2.CoordinatorMessage(
+                feature_ack=session_pb2.FeatureAck(
+                    release_id=release_id, ok=not error, error=error[:500]
+                )
+            )
+        )
 
     def _accept(self, site: str, first: session_pb2.FeatureChunk, batch: bytes) -> dict[str, Any]:
         job = self.jobs.get(first.job_id)
@@ -150,17 +187,40 @@ class FeatureIntake:
             raise InsituError(ErrorCode.INTEGRITY, "attestation names another dataset")
         purposes = [str(x) for x in att["purposes"]]
         site_uri = SpiffeId.site(self.jobs.trust_domain, site).uri
-        if not self.check(site_uri, "features.release",
-                          release_resource(job, site, first.dataset, purposes, True)):
+        if not self.check(
+            site_uri, "features.release", release_resource(job, site, first.dataset, purposes, True)
+        ):
             raise InsituError(ErrorCode.PERMISSION_DENIED, "policy refuses this release")
-        self._store(first.release_id, site, first.dataset, job.job_id, purposes, att,
-                    first.attestation, first.signature, batch)
-        return {"dataset": first.dataset, "job_id": job.job_id, "rows_out": att["rows_out"],
-                "policy_hash": att["policy_hash"]}
+        self._store(
+            first.release_id,
+            site,
+            first.dataset,
+            job.job_id,
+            purposes,
+            att,
+            first.attestation,
+            first.signature,
+            batch,
+        )
+        return {
+            "dataset": first.dataset,
+            "job_id": job.job_id,
+            "rows_out": att["rows_out"],
+            "policy_hash": att["policy_hash"],
+        }
 
-    def _store(self, release_id: str, site: str, dataset: str, job_id: str,
-               purposes: list[str], att: dict[str, Any], payload: bytes, signature: bytes,
-               batch: bytes) -> None:
+    def _store(
+        self,
+        release_id: str,
+        site: str,
+        dataset: str,
+        job_id: str,
+        purposes: list[str],
+        att: dict[str, Any],
+        payload: bytes,
+        signature: bytes,
+        batch: bytes,
+    ) -> None:
         if not release_id.isalnum() or len(release_id) > 64:
             raise InsituError(ErrorCode.INVALID_ARGUMENT, "malformed release id")
         final = self.root / release_id
@@ -171,13 +231,26 @@ class FeatureIntake:
         ct = AESGCM(dk.plaintext).encrypt(nonce, batch, release_id.encode())
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
         try:
-            (tmp / "meta.json").write_text(json.dumps({
-                "release_id": release_id, "site_id": site, "dataset": dataset, "job_id": job_id,
-                "purposes": purposes, "rows_out": int(att["rows_out"]),
-                "k_achieved": int(att["k_achieved"]), "policy_hash": att["policy_hash"],
-                "created": int(time.time())}))
-            (tmp / "sealed.json").write_text(json.dumps({
-                "wrapped_key": dk.wrapped, "nonce": nonce.hex(), "ciphertext": ct.hex()}))
+            (tmp / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "release_id": release_id,
+                        "site_id": site,
+                        "dataset": dataset,
+                        "job_id": job_id,
+                        "purposes": purposes,
+                        "rows_out": int(att["rows_out"]),
+                        "k_achieved": int(att["k_achieved"]),
+                        "policy_hash": att["policy_hash"],
+                        "created": int(time.time()),
+                    }
+                )
+            )
+            (tmp / "sealed.json").write_text(
+                json.dumps(
+                    {"wrapped_key": dk.wrapped, "nonce": nonce.hex(), "ciphertext": ct.hex()}
+                )
+            )
             (tmp / "attestation").write_bytes(payload)
             (tmp / "signature").write_bytes(signature)
             tmp.rename(final)
@@ -191,8 +264,14 @@ class FeatureIntake:
         return [json.loads(m.read_text()) for m in sorted(self.root.glob("*/meta.json"))]
 
     def resource_of(self, info: dict[str, Any]) -> Resource:
-        return release_resource(self.jobs.get(info["job_id"]), info["site_id"], info["dataset"],
-                                info["purposes"], True, info["release_id"])
+        return release_resource(
+            self.jobs.get(info["job_id"]),
+            info["site_id"],
+            info["dataset"],
+            info["purposes"],
+            True,
+            info["release_id"],
+        )
 
     def read(self, release_id: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
         d = self.root / release_id
@@ -202,10 +281,15 @@ class FeatureIntake:
         sealed = json.loads((d / "sealed.json").read_text())
         key = self.keys.unwrap(WRAPPING_KEY, sealed["wrapped_key"])
         try:
-            batch = AESGCM(key).decrypt(bytes.fromhex(sealed["nonce"]),
-                                        bytes.fromhex(sealed["ciphertext"]), release_id.encode())
+            batch = AESGCM(key).decrypt(
+                bytes.fromhex(sealed["nonce"]),
+                bytes.fromhex(sealed["ciphertext"]),
+                release_id.encode(),
+            )
         except Exception:
-            raise InsituError(ErrorCode.INTEGRITY, "release ciphertext fails authentication") from None
+            raise InsituError(
+                ErrorCode.INTEGRITY, "release ciphertext fails authentication"
+            ) from None
         payload, signature = (d / "attestation").read_bytes(), (d / "signature").read_bytes()
         site_key = self.store.attestation_key(info["site_id"]) or b""
         verify_attestation(SignedAttestation(payload, signature, "site"), site_key, batch=batch)

@@ -75,9 +75,17 @@ def round_of(msg: Message) -> str:
 class SessionGrid(Grid):
     """A Grid whose nodes are the approved, connected sites of one job."""
 
-    def __init__(self, job_id: str, sites: dict[int, str], sessions: SessionRegistry, *,
-                 round_timeout_s: float, node_wait_s: float, max_update_bytes: int,
-                 on_event: Callable[[GridEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        sites: dict[int, str],
+        sessions: SessionRegistry,
+        *,
+        round_timeout_s: float,
+        node_wait_s: float,
+        max_update_bytes: int,
+        on_event: Callable[[GridEvent], None] | None = None,
+    ) -> None:
         self.job_id = job_id
         self._sites = dict(sites)  # node id -> site id
         self._node_of = {s: n for n, s in sites.items()}
@@ -106,8 +114,14 @@ class SessionGrid(Grid):
         assert self._run is not None
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -117,8 +131,10 @@ class SessionGrid(Grid):
             now = time.monotonic()
             self._starved_since = self._starved_since or now
             if now - self._starved_since > self.node_wait_s and not live:
-                raise InsituError(ErrorCode.UNAVAILABLE,
-                                  f"no approved site connected within {self.node_wait_s:.0f}s")
+                raise InsituError(
+                    ErrorCode.UNAVAILABLE,
+                    f"no approved site connected within {self.node_wait_s:.0f}s",
+                )
         else:
             self._starved_since = None
         return live
@@ -154,8 +170,12 @@ class SessionGrid(Grid):
             ids.append(message_id)
             session = self._sessions.get(site_id)
             if session is None or session.closed.is_set():
-                self._fail(message_id, FlwrErrorCode.NODE_UNAVAILABLE, "site is not connected",
-                           "unavailable")
+                self._fail(
+                    message_id,
+                    FlwrErrorCode.NODE_UNAVAILABLE,
+                    "site is not connected",
+                    "unavailable",
+                )
                 continue
             for chunk in split_message(self.job_id, message_id, meta, content, None):
                 session.outbound.put(session_pb2.CoordinatorMessage(task=chunk))
@@ -171,8 +191,9 @@ class SessionGrid(Grid):
                     out.append(reply)
         return out
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         ids = set(self.push_messages(messages))
         limit = self.round_timeout_s if timeout is None else min(timeout, self.round_timeout_s)
         deadline = time.monotonic() + limit
@@ -181,8 +202,9 @@ class SessionGrid(Grid):
                 self._cv.wait(max(0.0, min(0.5, deadline - time.monotonic())))
             late = [m for m in ids if m not in self._replies]
         for mid in late:  # hung sites are dropped for this round
-            self._fail(mid, FlwrErrorCode.NODE_UNAVAILABLE, "no reply within the round timeout",
-                       "timeout")
+            self._fail(
+                mid, FlwrErrorCode.NODE_UNAVAILABLE, "no reply within the round timeout", "timeout"
+            )
         return self.pull_messages(ids)
 
     # -- replies from sessions --------------------------------------------------------------
@@ -198,33 +220,59 @@ class SessionGrid(Grid):
             meta = ProtoMetadata.FromString(assembled.metadata)
             metadata = metadata_from_proto(meta)
         except Exception:
-            self._fail(assembled.message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
-                       "undecodable reply metadata", "rejected")
+            self._fail(
+                assembled.message_id,
+                FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                "undecodable reply metadata",
+                "rejected",
+            )
             return
-        if metadata.src_node_id != self._node_of[site_id] or \
-                metadata.reply_to_message_id != assembled.message_id:
+        if (
+            metadata.src_node_id != self._node_of[site_id]
+            or metadata.reply_to_message_id != assembled.message_id
+        ):
             log.warning("dropped a reply from %s claiming another node or message", site_id)
-            self._fail(assembled.message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
-                       "reply identity mismatch", "rejected")
+            self._fail(
+                assembled.message_id,
+                FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                "reply identity mismatch",
+                "rejected",
+            )
             return
         try:
             if assembled.error is not None:
                 from flwr.proto.error_pb2 import Error as ProtoError
-                reply = Message(error_from_proto(ProtoError.FromString(assembled.error)),
-                                reply_to=pending.instruction)
+
+                reply = Message(
+                    error_from_proto(ProtoError.FromString(assembled.error)),
+                    reply_to=pending.instruction,
+                )
             else:
                 content = recorddict_from_proto(
-                    ProtoRecordDict.FromString(assembled.content or b""))
+                    ProtoRecordDict.FromString(assembled.content or b"")
+                )
                 reply = Message(content, reply_to=pending.instruction)
         except Exception:
-            self._fail(assembled.message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
-                       "undecodable reply content", "rejected")
+            self._fail(
+                assembled.message_id,
+                FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                "undecodable reply content",
+                "rejected",
+            )
             return
-        reason = validate_reply(pending.instruction, reply, max_bytes=self.max_update_bytes,
-                                reply_bytes=len(assembled.content or b""))
+        reason = validate_reply(
+            pending.instruction,
+            reply,
+            max_bytes=self.max_update_bytes,
+            reply_bytes=len(assembled.content or b""),
+        )
         if reason is not None:
-            self._fail(assembled.message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
-                       f"update rejected: {reason}", "rejected")
+            self._fail(
+                assembled.message_id,
+                FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                f"update rejected: {reason}",
+                "rejected",
+            )
             return
         # Keep the reply id stable so the strategy can match it.
         set_message_id(reply, uuid.uuid4().hex)
@@ -233,8 +281,9 @@ class SessionGrid(Grid):
                 del self._pending[assembled.message_id]
                 self._replies[assembled.message_id] = reply
                 self._cv.notify_all()
-        self._on_event(GridEvent("reply", site_id, metadata.message_type, pending.round,
-                                 reply=reply))
+        self._on_event(
+            GridEvent("reply", site_id, metadata.message_type, pending.round, reply=reply)
+        )
 
     def has_site(self, site_id: str) -> bool:
         return site_id in self._node_of
@@ -251,8 +300,12 @@ class SessionGrid(Grid):
         with self._cv:
             pending = self._pending.get(message_id)
         if pending is not None and pending.site_id == site_id:
-            self._fail(message_id, FlwrErrorCode.MESSAGE_UNAVAILABLE,
-                       f"update rejected: {reason}", "rejected")
+            self._fail(
+                message_id,
+                FlwrErrorCode.MESSAGE_UNAVAILABLE,
+                f"update rejected: {reason}",
+                "rejected",
+            )
 
     def site_disconnected(self, site_id: str) -> None:
         """Answer everything outstanding for ``site_id`` at once (NODE_UNAVAILABLE)."""
@@ -271,5 +324,6 @@ class SessionGrid(Grid):
             self._replies[message_id] = reply
             self._cv.notify_all()
         meta = pending.instruction.metadata
-        self._on_event(GridEvent(kind, pending.site_id, meta.message_type, pending.round,
-                                 detail=reason))
+        self._on_event(
+            GridEvent(kind, pending.site_id, meta.message_type, pending.round, detail=reason)
+        )

@@ -63,7 +63,7 @@ class JobRecord:
     run_config: dict[str, str]
     min_sites: int
     round_timeout_s: int
-    dp: jobs_pb2.DpSettings | session_pb2.DpSettings
+    dp: session_pb2.DpSettings
     purpose: str
     model_name: str
     org: str = ""
@@ -78,21 +78,34 @@ class JobRecord:
 
     def to_proto(self) -> jobs_pb2.Job:
         return jobs_pb2.Job(
-            job_id=self.job_id, code_sha256=self.code_sha256, state=self.state,  # type: ignore[arg-type]
+            job_id=self.job_id,
+            code_sha256=self.code_sha256,
+            state=self.state,  # type: ignore[arg-type]
             targets=[jobs_pb2.SiteDataset(site_id=s, dataset=d) for s, d in self.targets],
-            approvals=[jobs_pb2.SiteApproval(site_id=s, decided=s in self.approvals,
-                                             approved=self.approvals.get(s, (False, "", ""))[0],
-                                             reason=self.approvals.get(s, (False, "", ""))[1])
-                       for s, _ in self.targets],
-            rounds=self.rounds, current_round=self.current_round, owner=self.owner,
-            model_name=self.model_name, model_version=self.model_version, error=self.error,
-            history=self.history, strategy=self.strategy,
+            approvals=[
+                jobs_pb2.SiteApproval(
+                    site_id=s,
+                    decided=s in self.approvals,
+                    approved=self.approvals.get(s, (False, "", ""))[0],
+                    reason=self.approvals.get(s, (False, "", ""))[1],
+                )
+                for s, _ in self.targets
+            ],
+            rounds=self.rounds,
+            current_round=self.current_round,
+            owner=self.owner,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            error=self.error,
+            history=self.history,
+            strategy=self.strategy,
         )
 
 
 def _validate(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
     def bad(msg: str) -> InsituError:
         return InsituError(ErrorCode.INVALID_ARGUMENT, msg)
+
     if not req.app_bundle:
         raise bad("app_bundle is empty")
     if len(req.app_bundle) > MAX_BUNDLE_BYTES:
@@ -126,7 +139,9 @@ def _validate(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
         raise bad("a DP job must state the epsilon budget it may spend")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", req.model_name):
         raise bad("model_name must be lowercase letters, digits, '.', '_' or '-'")
-    if len(req.run_config) > 64 or any(len(k) > 64 or len(v) > 256 for k, v in req.run_config.items()):
+    if len(req.run_config) > 64 or any(
+        len(k) > 64 or len(v) > 256 for k, v in req.run_config.items()
+    ):
         raise bad("run_config is too large")
 
 
@@ -142,8 +157,15 @@ def _config_value(v: str) -> Any:
 
 
 class JobManager:
-    def __init__(self, sessions: SessionRegistry, registry: ModelRegistry, data_dir: Path,
-                 trust_domain: str, audit: AuditFn, settings: JobSettings | None = None) -> None:
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        registry: ModelRegistry,
+        data_dir: Path,
+        trust_domain: str,
+        audit: AuditFn,
+        settings: JobSettings | None = None,
+    ) -> None:
         self.sessions = sessions
         self.registry = registry
         self.data_dir = data_dir
@@ -167,16 +189,31 @@ class JobManager:
     def submit(self, req: jobs_pb2.SubmitJobRequest, owner: str, org: str = "") -> JobRecord:
         _validate(req, self.settings)
         job = JobRecord(
-            job_id=uuid.uuid4().hex[:16], owner=owner, code_sha256=req.code_sha256,
-            bundle=req.app_bundle, targets=[(t.site_id, t.dataset) for t in req.targets],
-            rounds=req.rounds, strategy=req.strategy, run_config=dict(req.run_config),
-            min_sites=req.min_sites, round_timeout_s=req.round_timeout_s, dp=req.dp,
-            purpose=req.purpose, model_name=req.model_name, org=org,
+            job_id=uuid.uuid4().hex[:16],
+            owner=owner,
+            code_sha256=req.code_sha256,
+            bundle=req.app_bundle,
+            targets=[(t.site_id, t.dataset) for t in req.targets],
+            rounds=req.rounds,
+            strategy=req.strategy,
+            run_config=dict(req.run_config),
+            min_sites=req.min_sites,
+            round_timeout_s=req.round_timeout_s,
+            dp=req.dp,
+            purpose=req.purpose,
+            model_name=req.model_name,
+            org=org,
         )
         with self._lock:
             self._jobs[job.job_id] = job
-        self.audit("job.submit", {"job_id": job.job_id, "code_sha256": job.code_sha256,
-                                  "sites": ",".join(s for s, _ in job.targets)})
+        self.audit(
+            "job.submit",
+            {
+                "job_id": job.job_id,
+                "code_sha256": job.code_sha256,
+                "sites": ",".join(s for s, _ in job.targets),
+            },
+        )
         self._queue.put(job.job_id)
         return job
 
@@ -187,7 +224,7 @@ class JobManager:
             raise InsituError(ErrorCode.NOT_FOUND, f"job {job_id} not found")
         return job
 
-    def list(self) -> list[JobRecord]:
+    def records(self) -> list[JobRecord]:
         with self._lock:
             return list(self._jobs.values())
 
@@ -199,11 +236,18 @@ class JobManager:
         while time.monotonic() < deadline:
             with self._lock:
                 self._lock.wait_for(
-                    lambda: len(job.history) > sent or job.state not in
-                    (jobs_pb2.JOB_STATE_AWAITING_APPROVAL, jobs_pb2.JOB_STATE_RUNNING), 1.0)
+                    lambda sent=sent: (  # type: ignore[misc]
+                        len(job.history) > sent
+                        or job.state
+                        not in (jobs_pb2.JOB_STATE_AWAITING_APPROVAL, jobs_pb2.JOB_STATE_RUNNING)
+                    ),
+                    1.0,
+                )
                 new = job.history[sent:]
-                done = job.state not in (jobs_pb2.JOB_STATE_AWAITING_APPROVAL,
-                                         jobs_pb2.JOB_STATE_RUNNING)
+                done = job.state not in (
+                    jobs_pb2.JOB_STATE_AWAITING_APPROVAL,
+                    jobs_pb2.JOB_STATE_RUNNING,
+                )
             for r in new:
                 yield jobs_pb2.JobEvent(round=r)
             sent += len(new)
@@ -221,26 +265,41 @@ class JobManager:
             if grid is not None and grid.job_id == d.job_id and grid.has_site(session.site_id):
                 # A rejoining site re-approved (or now refuses) the running job.
                 grid.set_ready(session.site_id, d.approved)
-                self.audit("job.site_rejoin", {"job_id": d.job_id, "site": session.site_id,
-                                               "approved": str(d.approved)})
+                self.audit(
+                    "job.site_rejoin",
+                    {"job_id": d.job_id, "site": session.site_id, "approved": str(d.approved)},
+                )
                 return
             with self._lock:
                 job = self._jobs.get(d.job_id)
-                if job is None or session.site_id not in dict(job.targets) \
-                        or session.site_id in job.approvals:
+                if (
+                    job is None
+                    or session.site_id not in dict(job.targets)
+                    or session.site_id in job.approvals
+                ):
                     return
-                job.approvals[session.site_id] = (d.approved, d.reason[:512],
-                                                  d.dataset_fingerprint[:128])
+                job.approvals[session.site_id] = (
+                    d.approved,
+                    d.reason[:512],
+                    d.dataset_fingerprint[:128],
+                )
                 self._lock.notify_all()
-            self.audit("job.site_decision", {"job_id": d.job_id, "site": session.site_id,
-                                             "approved": str(d.approved),
-                                             "code_sha256": job.code_sha256})
+            self.audit(
+                "job.site_decision",
+                {
+                    "job_id": d.job_id,
+                    "site": session.site_id,
+                    "approved": str(d.approved),
+                    "code_sha256": job.code_sha256,
+                },
+            )
         elif kind == "task_reply":
             grid = self._grid
             if grid is None or msg.task_reply.job_id != grid.job_id:
                 return
             ra = self._reassemblers.setdefault(
-                session.session_id, Reassembler(self.settings.max_update_bytes))
+                session.session_id, Reassembler(self.settings.max_update_bytes)
+            )
             try:
                 done = ra.add(msg.task_reply)
             except InsituError as e:
@@ -283,27 +342,56 @@ class JobManager:
             job.state = state
             job.error = error
             self._lock.notify_all()
-        outcome = {jobs_pb2.JOB_STATE_SUCCEEDED: "succeeded", jobs_pb2.JOB_STATE_REFUSED: "refused"}
-        self.audit("job.end", {"job_id": job.job_id, "code_sha256": job.code_sha256,
-                               "outcome": outcome.get(state, "failed"), "error": error[:200]})
+        outcome: dict[int, str] = {
+            jobs_pb2.JOB_STATE_SUCCEEDED: "succeeded",
+            jobs_pb2.JOB_STATE_REFUSED: "refused",
+        }
+        self.audit(
+            "job.end",
+            {
+                "job_id": job.job_id,
+                "code_sha256": job.code_sha256,
+                "outcome": outcome.get(state, "failed"),
+                "error": error[:200],
+            },
+        )
         for site, _ in job.targets:
             s = self.sessions.get(site)
             if s is not None:
-                s.outbound.put(session_pb2.CoordinatorMessage(
-                    job_end=session_pb2.JobEnd(job_id=job.job_id, outcome=outcome.get(state, "failed"))))
+                s.outbound.put(
+                    session_pb2.CoordinatorMessage(
+                        job_end=session_pb2.JobEnd(
+                            job_id=job.job_id, outcome=outcome.get(state, "failed")
+                        )
+                    )
+                )
 
     def _propose(self, job: JobRecord, site: str, s: Session) -> None:
         idx = [t for t, _ in job.targets].index(site)
         dataset = job.targets[idx][1]
-        s.outbound.put(session_pb2.CoordinatorMessage(job_proposal=session_pb2.JobProposal(
-            job_id=job.job_id, code_sha256=job.code_sha256, app_bundle=job.bundle,
-            dataset=dataset, run_config=job.run_config,
-            dp=session_pb2.DpSettings(
-                noise_multiplier=job.dp.noise_multiplier,
-                max_grad_norm=job.dp.max_grad_norm, epsilon=job.dp.epsilon,
-                delta=job.dp.delta),
-            rounds=job.rounds, owner=job.owner, purpose=job.purpose,
-            partition_id=idx, num_partitions=len(job.targets), run_id=job.run_id)))
+        s.outbound.put(
+            session_pb2.CoordinatorMessage(
+                job_proposal=session_pb2.JobProposal(
+                    job_id=job.job_id,
+                    code_sha256=job.code_sha256,
+                    app_bundle=job.bundle,
+                    dataset=dataset,
+                    run_config=job.run_config,
+                    dp=session_pb2.DpSettings(
+                        noise_multiplier=job.dp.noise_multiplier,
+                        max_grad_norm=job.dp.max_grad_norm,
+                        epsilon=job.dp.epsilon,
+                        delta=job.dp.delta,
+                    ),
+                    rounds=job.rounds,
+                    owner=job.owner,
+                    purpose=job.purpose,
+                    partition_id=idx,
+                    num_partitions=len(job.targets),
+                    run_id=job.run_id,
+                )
+            )
+        )
 
     def _collect_approvals(self, job: JobRecord) -> list[str]:
         proposed: set[str] = set()
@@ -324,9 +412,11 @@ class JobManager:
     def _run(self, job: JobRecord) -> None:
         approved = self._collect_approvals(job)
         if len(approved) < job.min_sites:
-            self._finish(job, jobs_pb2.JOB_STATE_REFUSED,
-                         f"{len(approved)} of {len(job.targets)} sites approved; "
-                         f"{job.min_sites} needed")
+            self._finish(
+                job,
+                jobs_pb2.JOB_STATE_REFUSED,
+                f"{len(approved)} of {len(job.targets)} sites approved; {job.min_sites} needed",
+            )
             return
         with self._lock:
             job.state = jobs_pb2.JOB_STATE_RUNNING
@@ -335,27 +425,48 @@ class JobManager:
         layout = unpack_app(job.bundle, app_root / "app")
         sites = {node_id_for(SpiffeId.site(self.trust_domain, s).uri): s for s in approved}
         tracker = _RoundTracker(job, self._lock, self.audit)
-        grid = SessionGrid(job.job_id, sites, self.sessions,
-                           round_timeout_s=job.round_timeout_s,
-                           node_wait_s=self.settings.node_wait_s,
-                           max_update_bytes=self.settings.max_update_bytes,
-                           on_event=tracker.on_event)
+        grid = SessionGrid(
+            job.job_id,
+            sites,
+            self.sessions,
+            round_timeout_s=job.round_timeout_s,
+            node_wait_s=self.settings.node_wait_s,
+            max_update_bytes=self.settings.max_update_bytes,
+            on_event=tracker.on_event,
+        )
         set_task_identity(job.run_id)
         grid.set_run(Run.create_empty(job.run_id))
         run_config: dict[str, Any] = dict(layout.config)
-        run_config.update({"num-server-rounds": job.rounds, "strategy": job.strategy,
-                           "min-nodes": job.min_sites, "fraction-train": 1.0,
-                           "fraction-evaluate": 1.0})
+        run_config.update(
+            {
+                "num-server-rounds": job.rounds,
+                "strategy": job.strategy,
+                "min-nodes": job.min_sites,
+                "fraction-train": 1.0,
+                "fraction-evaluate": 1.0,
+            }
+        )
         run_config.update({k: _config_value(v) for k, v in job.run_config.items()})
-        context = Context(run_id=job.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
-                          state=RecordDict(), run_config=run_config)
+        context = Context(
+            run_id=job.run_id,
+            node_id=SUPERLINK_NODE_ID,
+            node_config={},
+            state=RecordDict(),
+            run_config=run_config,
+        )
         self._grid = grid
-        self.audit("job.start", {"job_id": job.job_id, "code_sha256": job.code_sha256,
-                                 "sites": ",".join(approved)})
+        self.audit(
+            "job.start",
+            {"job_id": job.job_id, "code_sha256": job.code_sha256, "sites": ",".join(approved)},
+        )
         _forget_modules(layout.directory)
         try:
-            run_serverapp(grid=grid, context=context, server_app_dir=str(layout.directory),
-                          server_app_attr=layout.serverapp)
+            run_serverapp(
+                grid=grid,
+                context=context,
+                server_app_dir=str(layout.directory),
+                server_app_attr=layout.serverapp,
+            )
         finally:
             self._grid = None
         if not tracker.any_train_success:
@@ -369,8 +480,11 @@ class JobManager:
             onnx = export(arrays)
         state = arrays_to_npz({k: v.numpy() for k, v in arrays.items()})
         lineage = {
-            "job_id": job.job_id, "code_sha256": job.code_sha256, "rounds": job.rounds,
-            "strategy": job.strategy, "sites": sorted(approved),
+            "job_id": job.job_id,
+            "code_sha256": job.code_sha256,
+            "rounds": job.rounds,
+            "strategy": job.strategy,
+            "sites": sorted(approved),
             "datasets": {f"{s}/{d}": job.approvals[s][2] for s, d in job.targets if s in approved},
             "epsilon_spent": {s: round(e, 6) for s, e in tracker.epsilon.items()},
             "metrics": tracker.final_metrics,
@@ -378,8 +492,15 @@ class JobManager:
         record = self.registry.store(job.model_name, state, onnx, lineage, job.owner, job.org)
         with self._lock:
             job.model_version = record.version
-        self.audit("model.register", {"job_id": job.job_id, "model": job.model_name,
-                                      "version": record.version, "code_sha256": job.code_sha256})
+        self.audit(
+            "model.register",
+            {
+                "job_id": job.job_id,
+                "model": job.model_name,
+                "version": record.version,
+                "code_sha256": job.code_sha256,
+            },
+        )
         self._finish(job, jobs_pb2.JOB_STATE_SUCCEEDED)
 
 
@@ -419,9 +540,15 @@ class _RoundTracker:
             self.started.setdefault(key, time.monotonic())
             return
         if e.kind == "rejected":
-            self.audit("job.update_rejected", {"job_id": self.job.job_id, "site": e.site_id,
-                                               "reason": e.detail,
-                                               "code_sha256": self.job.code_sha256})
+            self.audit(
+                "job.update_rejected",
+                {
+                    "job_id": self.job.job_id,
+                    "site": e.site_id,
+                    "reason": e.detail,
+                    "code_sha256": self.job.code_sha256,
+                },
+            )
         self.done.setdefault(key, []).append(e)
         if len(self.done[key]) >= self.sent.get(key, 0):
             self._summarize(key)
@@ -439,9 +566,13 @@ class _RoundTracker:
                     self.epsilon[e.site_id] = self.epsilon.get(e.site_id, 0.0) + float(eps)
         round_no = int(key[0]) if key[0].isdigit() else 0
         summary = jobs_pb2.RoundSummary(
-            round=round_no, phase=key[1], sites_ok=sorted(e.site_id for e in ok),
-            sites_failed=failed, metrics=metrics,
-            wall_seconds=time.monotonic() - self.started.pop(key, time.monotonic()))
+            round=round_no,
+            phase=key[1],
+            sites_ok=sorted(e.site_id for e in ok),
+            sites_failed=failed,
+            metrics=metrics,
+            wall_seconds=time.monotonic() - self.started.pop(key, time.monotonic()),
+        )
         if key[1] == "train" and ok:
             self.any_train_success = True
         if metrics:
@@ -450,10 +581,17 @@ class _RoundTracker:
             self.job.history.append(summary)
             self.job.current_round = max(self.job.current_round, round_no)
             self.lock.notify_all()
-        self.audit("job.round", {"job_id": self.job.job_id, "code_sha256": self.job.code_sha256,
-                                 "round": str(round_no), "phase": key[1],
-                                 "sites_ok": ",".join(summary.sites_ok),
-                                 "sites_failed": ",".join(failed)})
+        self.audit(
+            "job.round",
+            {
+                "job_id": self.job.job_id,
+                "code_sha256": self.job.code_sha256,
+                "round": str(round_no),
+                "phase": key[1],
+                "sites_ok": ",".join(summary.sites_ok),
+                "sites_failed": ",".join(failed),
+            },
+        )
 
 
 def _weighted_metrics(replies: list[Message]) -> dict[str, float]:

@@ -41,7 +41,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 def arrays_to_npz(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
@@ -84,8 +84,11 @@ class ModelRegistry:
 
     def next_version(self, name: str) -> str:
         d = self.root / name
-        existing = [int(p.name[1:]) for p in d.iterdir() if re.fullmatch(r"v\d+", p.name)] \
-            if d.exists() else []
+        existing = (
+            [int(p.name[1:]) for p in d.iterdir() if re.fullmatch(r"v\d+", p.name)]
+            if d.exists()
+            else []
+        )
         return f"v{max(existing, default=0) + 1}"
 
     def _seal(self, data: bytes, aad: bytes) -> dict[str, str]:
@@ -97,22 +100,37 @@ class ModelRegistry:
     def _open(self, sealed: dict[str, str], aad: bytes) -> bytes:
         key = self.keys.unwrap(WRAPPING_KEY, sealed["wrapped_key"])
         try:
-            return AESGCM(key).decrypt(bytes.fromhex(sealed["nonce"]),
-                                       bytes.fromhex(sealed["ciphertext"]), aad)
+            return AESGCM(key).decrypt(
+                bytes.fromhex(sealed["nonce"]), bytes.fromhex(sealed["ciphertext"]), aad
+            )
         except Exception:
-            raise InsituError(ErrorCode.INTEGRITY, "model ciphertext fails authentication") from None
+            raise InsituError(
+                ErrorCode.INTEGRITY, "model ciphertext fails authentication"
+            ) from None
 
-    def store(self, name: str, state: bytes, onnx: bytes, lineage: dict[str, Any],
-              owner: str, org: str = "") -> ModelRecord:
+    def store(
+        self,
+        name: str,
+        state: bytes,
+        onnx: bytes,
+        lineage: dict[str, Any],
+        owner: str,
+        org: str = "",
+    ) -> ModelRecord:
         version = self.next_version(name)
         final = self._dir(name, version)
-        manifest = rfc8785.dumps({
-            "name": name, "version": version, "owner": owner, "org": org,
-            "created": int(time.time()),
-            "state_sha256": hashlib.sha256(state).hexdigest(),
-            "onnx_sha256": hashlib.sha256(onnx).hexdigest() if onnx else "",
-            "lineage": lineage,
-        })
+        manifest = rfc8785.dumps(
+            {
+                "name": name,
+                "version": version,
+                "owner": owner,
+                "org": org,
+                "created": int(time.time()),
+                "state_sha256": hashlib.sha256(state).hexdigest(),
+                "onnx_sha256": hashlib.sha256(onnx).hexdigest() if onnx else "",
+                "lineage": lineage,
+            }
+        )
         key_version, signature = self.keys.sign_with_version(SIGNING_KEY, manifest)
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
         try:
@@ -122,8 +140,9 @@ class ModelRegistry:
             }
             (tmp / "sealed.json").write_text(json.dumps(blob))
             (tmp / "manifest.json").write_bytes(manifest)
-            (tmp / "signature").write_text(json.dumps({"signature": signature.hex(),
-                                                      "key_version": key_version}))
+            (tmp / "signature").write_text(
+                json.dumps({"signature": signature.hex(), "key_version": key_version})
+            )
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, final)
         except BaseException:
@@ -146,10 +165,14 @@ class ModelRegistry:
             raise InsituError(ErrorCode.INTEGRITY, "manifest names another model")
         sealed = json.loads((d / "sealed.json").read_text())
         state = self._open(sealed["state"], f"{name}/{version}/state".encode())
-        onnx = self._open(sealed["onnx"], f"{name}/{version}/onnx".encode()) \
-            if sealed.get("onnx") else b""
-        if hashlib.sha256(state).hexdigest() != info["state_sha256"] or \
-                (onnx and hashlib.sha256(onnx).hexdigest() != info["onnx_sha256"]):
+        onnx = (
+            self._open(sealed["onnx"], f"{name}/{version}/onnx".encode())
+            if sealed.get("onnx")
+            else b""
+        )
+        if hashlib.sha256(state).hexdigest() != info["state_sha256"] or (
+            onnx and hashlib.sha256(onnx).hexdigest() != info["onnx_sha256"]
+        ):
             raise InsituError(ErrorCode.INTEGRITY, f"model {name} {version}: digest mismatch")
         return ModelRecord(name, version, manifest, signature, key_version, state, onnx)
 
@@ -166,8 +189,9 @@ class ModelRegistry:
             sealed = json.loads(f.read_text())
             for part in ("state", "onnx"):
                 if sealed.get(part):
-                    sealed[part]["wrapped_key"] = self.keys.rewrap(WRAPPING_KEY,
-                                                                   sealed[part]["wrapped_key"])
+                    sealed[part]["wrapped_key"] = self.keys.rewrap(
+                        WRAPPING_KEY, sealed[part]["wrapped_key"]
+                    )
                     n += 1
             tmp = f.with_suffix(".tmp")
             tmp.write_text(json.dumps(sealed))

@@ -24,17 +24,27 @@ def _user(uri: str) -> EntityRef:
 
 
 def _dataset(site: str, dataset: str, purpose: str) -> Resource:
-    return Resource("Dataset", f"{site}:{dataset}",
-                    {"site": EntityRef("Site", site), "purposes": {purpose} if purpose else set()})
+    return Resource(
+        "Dataset",
+        f"{site}:{dataset}",
+        {"site": EntityRef("Site", site), "purposes": {purpose} if purpose else set()},
+    )
 
 
-def job_resource(job_id: str, owner: str, org: str, purpose: str,
-                 targets: list[tuple[str, str]]) -> Resource:
-    return Resource("Job", job_id, {
-        "owner": _user(owner), "org": EntityRef("Org", org or "none"), "purpose": purpose,
-        "approved_datasets": [_dataset(s, d, purpose) for s, d in targets],
-        "sites": [EntityRef("Site", s) for s, _ in targets],
-    })
+def job_resource(
+    job_id: str, owner: str, org: str, purpose: str, targets: list[tuple[str, str]]
+) -> Resource:
+    return Resource(
+        "Job",
+        job_id,
+        {
+            "owner": _user(owner),
+            "org": EntityRef("Org", org or "none"),
+            "purpose": purpose,
+            "approved_datasets": [_dataset(s, d, purpose) for s, d in targets],
+            "sites": [EntityRef("Site", s) for s, _ in targets],
+        },
+    )
 
 
 def job_record_resource(job: JobRecord) -> Resource:
@@ -42,14 +52,21 @@ def job_record_resource(job: JobRecord) -> Resource:
 
 
 def model_resource(manifest: dict[str, Any]) -> Resource:
-    return Resource("Model", manifest["name"], {
-        "owner": _user(manifest["owner"]), "org": EntityRef("Org", manifest.get("org") or "none"),
-        "grantees": set(), "service_grantees": set(),
-    })
+    return Resource(
+        "Model",
+        manifest["name"],
+        {
+            "owner": _user(manifest["owner"]),
+            "org": EntityRef("Org", manifest.get("org") or "none"),
+            "grantees": set(),
+            "service_grantees": set(),
+        },
+    )
 
 
-def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
-                      registry: ModelRegistry, features: FeatureIntake) -> None:
+def install_resolvers(
+    authz: CoordinatorAuthorizer, jobs: JobManager, registry: ModelRegistry, features: FeatureIntake
+) -> None:
     def role_binding(p: Principal, r: MethodResource, req: Any) -> Resource:
         from coordinator.roles import binding_from_proto
 
@@ -63,8 +80,9 @@ def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
 
     def job_submit(p: Principal, r: MethodResource, req: Any) -> Resource:
         org = authz.org_of(p) or ""
-        return job_resource("new", p.spiffe_id.uri, org, req.purpose,
-                            [(t.site_id, t.dataset) for t in req.targets])
+        return job_resource(
+            "new", p.spiffe_id.uri, org, req.purpose, [(t.site_id, t.dataset) for t in req.targets]
+        )
 
     def job_read(p: Principal, r: MethodResource, req: Any) -> Resource:
         return job_record_resource(jobs.get(r.id))
@@ -87,8 +105,11 @@ def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
         validate_name(req.site_id, "site_id")
         version = getattr(req, "version", "") or ""
         m = manifest_of(req.name, version if version.startswith("v") else "")
-        return Resource("ModelVersion", f"{m['name']}:{m['version']}@{req.site_id}",
-                        {"model": model_resource(m), "site": EntityRef("Site", req.site_id)})
+        return Resource(
+            "ModelVersion",
+            f"{m['name']}:{m['version']}@{req.site_id}",
+            {"model": model_resource(m), "site": EntityRef("Site", req.site_id)},
+        )
 
     def model_grant(p: Principal, r: MethodResource, req: Any) -> Resource:
         return model_resource(manifest_of(req.name))
@@ -99,10 +120,17 @@ def install_resolvers(authz: CoordinatorAuthorizer, jobs: JobManager,
                 return features.resource_of(info)
         raise InsituError(ErrorCode.NOT_FOUND, f"release {req.release_id} not found")
 
-    authz.resolvers.update({
-        "features.read": release_read,
-        "model.deploy": model_at_site, "model.promote": model_at_site,
-        "model.rollback": model_at_site, "model.grant": model_grant,
-        "role.grant": role_binding, "role.revoke": role_binding, "job.submit": job_submit,
-        "job.read": job_read, "model.read": model_read,
-    })
+    authz.resolvers.update(
+        {
+            "features.read": release_read,
+            "model.deploy": model_at_site,
+            "model.promote": model_at_site,
+            "model.rollback": model_at_site,
+            "model.grant": model_grant,
+            "role.grant": role_binding,
+            "role.revoke": role_binding,
+            "job.submit": job_submit,
+            "job.read": job_read,
+            "model.read": model_read,
+        }
+    )

@@ -20,31 +20,51 @@ def binding_from_proto(b: admin_pb2.RoleBinding, trust_domain: str) -> RoleBindi
     if b.not_before_unix < 0 or b.not_after_unix < 0:
         raise InsituError(ErrorCode.INVALID_ARGUMENT, "validity bounds must be >= 0")
     return RoleBinding(
-        principal=sid.uri, role=b.role, site=b.site or None, org=b.org or None,
-        not_before=b.not_before_unix or None, not_after=b.not_after_unix or None,
+        principal=sid.uri,
+        role=b.role,
+        site=b.site or None,
+        org=b.org or None,
+        not_before=b.not_before_unix or None,
+        not_after=b.not_after_unix or None,
     )
 
 
 def _to_proto(r: BindingRow) -> admin_pb2.RoleBinding:
-    return admin_pb2.RoleBinding(principal=r.principal, role=r.role, site=r.site, org=r.org,
-                                 not_before_unix=r.not_before or 0,
-                                 not_after_unix=r.not_after or 0, granted_by=r.granted_by)
+    return admin_pb2.RoleBinding(
+        principal=r.principal,
+        role=r.role,
+        site=r.site,
+        org=r.org,
+        not_before_unix=r.not_before or 0,
+        not_after_unix=r.not_after or 0,
+        granted_by=r.granted_by,
+    )
 
 
-def grant_role(store: CoordinatorStore, authz: CoordinatorAuthorizer, b: admin_pb2.RoleBinding,
-               trust_domain: str, granted_by: str) -> admin_pb2.RoleBinding:
+def grant_role(
+    store: CoordinatorStore,
+    authz: CoordinatorAuthorizer,
+    b: admin_pb2.RoleBinding,
+    trust_domain: str,
+    granted_by: str,
+) -> admin_pb2.RoleBinding:
     rb = binding_from_proto(b, trust_domain)
     if rb.principal == granted_by:
         raise InsituError(ErrorCode.PERMISSION_DENIED, "nobody may grant themselves a role")
-    row = BindingRow(rb.principal, rb.role, rb.site or "", rb.org or "", rb.not_before,
-                     rb.not_after, granted_by)
+    row = BindingRow(
+        rb.principal, rb.role, rb.site or "", rb.org or "", rb.not_before, rb.not_after, granted_by
+    )
     store.grant(row, now=now_s())
     authz.invalidate()
     return _to_proto(row)
 
 
-def revoke_role(store: CoordinatorStore, authz: CoordinatorAuthorizer, b: admin_pb2.RoleBinding,
-                trust_domain: str) -> bool:
+def revoke_role(
+    store: CoordinatorStore,
+    authz: CoordinatorAuthorizer,
+    b: admin_pb2.RoleBinding,
+    trust_domain: str,
+) -> bool:
     rb = binding_from_proto(b, trust_domain)
     removed = store.revoke_binding(rb.principal, rb.role, rb.site or "", rb.org or "")
     authz.invalidate()

@@ -15,7 +15,6 @@ import grpc
 from coordinator.authorization import CoordinatorAuthorizer
 from coordinator.deployments import DeploymentManager
 from coordinator.features import FeatureIntake, PseudonymKeys
-from coordinator.witness import CoordinatorWitness
 from coordinator.jobs import JobManager, JobSettings
 from coordinator.registry import ModelRegistry
 from coordinator.resources import install_resolvers
@@ -30,6 +29,7 @@ from coordinator.servicers import (
 from coordinator.sessions import Session, SessionRegistry
 from coordinator.settings import CoordinatorSettings, default_policy_dir
 from coordinator.store import CoordinatorStore
+from coordinator.witness import CoordinatorWitness
 from insitu._proto.v1 import (
     admin_pb2_grpc,
     enrolment_pb2_grpc,
@@ -60,13 +60,18 @@ AUDIT_KEY = "audit-signing"
 AUDIT_KEY_NAME = "insitu-audit"
 
 
-def open_audit_log(path: Path, origin: str, node: str, keys: KeyService,
-                   every_n: int = 1000, every_s: float = 60.0) -> AuditLog:
+def open_audit_log(
+    path: Path, origin: str, node: str, keys: KeyService, every_n: int = 1000, every_s: float = 60.0
+) -> AuditLog:
     """An audit log whose checkpoints Vault transit signs (key ``audit-signing``)."""
     return AuditLog(
-        SqliteAuditStore(path), origin=origin, node=node,
-        signer=lambda body: keys.sign(AUDIT_KEY, body), key_name=AUDIT_KEY_NAME,
-        public_key=keys.public_key(AUDIT_KEY), checkpoint_every_n=every_n,
+        SqliteAuditStore(path),
+        origin=origin,
+        node=node,
+        signer=lambda body: keys.sign(AUDIT_KEY, body),
+        key_name=AUDIT_KEY_NAME,
+        public_key=keys.public_key(AUDIT_KEY),
+        checkpoint_every_n=every_n,
         checkpoint_every_s=every_s,
     )
 
@@ -110,44 +115,71 @@ class Coordinator:
         )
         self.authenticator = Authenticator(settings.trust_domain, self.revocation)
         self.policy_dir = settings.policy_dir or default_policy_dir()
-        self.engine = PolicyEngine.load_or_deny_all(self.policy_dir,
-                                                    trust_domain=settings.trust_domain)
-        self.authorizer = CoordinatorAuthorizer(self.engine, self.store, self.keys,
-                                                settings.trust_domain)
+        self.engine = PolicyEngine.load_or_deny_all(
+            self.policy_dir, trust_domain=settings.trust_domain
+        )
+        self.authorizer = CoordinatorAuthorizer(
+            self.engine, self.store, self.keys, settings.trust_domain
+        )
         self.audit_log = open_audit_log(
-            self.data_dir / "audit.db", f"{settings.trust_domain}/coordinator",
-            "coordinator", self.keys, settings.audit_checkpoint_every_n,
-            settings.audit_checkpoint_every_s)
+            self.data_dir / "audit.db",
+            f"{settings.trust_domain}/coordinator",
+            "coordinator",
+            self.keys,
+            settings.audit_checkpoint_every_n,
+            settings.audit_checkpoint_every_s,
+        )
         self.auditor = RpcAuditor(self.audit_log, "coordinator")
         self.authorizer.on_bootstrap_seen = lambda uri: self.auditor.event(
-            "admin.bootstrap", "admin.bootstrap", ("User", uri),
-            attrs={"role": "federation_admin", "source": "vault-kv"})
+            "admin.bootstrap",
+            "admin.bootstrap",
+            ("User", uri),
+            attrs={"role": "federation_admin", "source": "vault-kv"},
+        )
         self.registry = ModelRegistry(self.data_dir / "models", self.keys)
         self.jobs = JobManager(
-            self.sessions, self.registry, self.data_dir, settings.trust_domain,
+            self.sessions,
+            self.registry,
+            self.data_dir,
+            settings.trust_domain,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("Job", str(attrs.get("job_id", "-"))), attrs=attrs),
-            settings=JobSettings(approval_timeout_s=settings.job_approval_timeout_s,
-                                 max_update_bytes=settings.max_update_bytes),
+                event, event, ("Job", str(attrs.get("job_id", "-"))), attrs=attrs
+            ),
+            settings=JobSettings(
+                approval_timeout_s=settings.job_approval_timeout_s,
+                max_update_bytes=settings.max_update_bytes,
+            ),
         )
-        self.deployments = DeploymentManager(self.sessions, self.registry, self.keys,
-                                             self.store, settings.trust_domain)
+        self.deployments = DeploymentManager(
+            self.sessions, self.registry, self.keys, self.store, settings.trust_domain
+        )
         self.deployments.revoked = self.revocation.snapshot
         self.revocation.on_revoke(lambda serial: self.deployments.sync_all())
         self.sessions.on_change(
-            lambda event, s: self.deployments.sync(s) if event == "open" else None)
+            lambda event, s: self.deployments.sync(s) if event == "open" else None
+        )
         self.pseudonyms = PseudonymKeys(self.keys)
         self.features = FeatureIntake(
-            self.data_dir / "features", self.keys, self.store, self.jobs,
+            self.data_dir / "features",
+            self.keys,
+            self.store,
+            self.jobs,
             check=self._site_may,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))), attrs=attrs))
+                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))), attrs=attrs
+            ),
+        )
         self.sessions.on_change(self._send_pseudonym_key)
         self.witness = CoordinatorWitness(
-            self.audit_log, self.sessions, self.store, settings.trust_domain,
+            self.audit_log,
+            self.sessions,
+            self.store,
+            settings.trust_domain,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("AuditLog", "coordinator"), outcome="failure", attrs=attrs),
-            interval_s=settings.witness_interval_s)
+                event, event, ("AuditLog", "coordinator"), outcome="failure", attrs=attrs
+            ),
+            interval_s=settings.witness_interval_s,
+        )
         install_resolvers(self.authorizer, self.jobs, self.registry, self.features)
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
@@ -197,8 +229,13 @@ class Coordinator:
             jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(self), server)
             jobs_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self), server)
             features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesServicer(self), server)
-            return ["insitu.v1.SiteSession", "insitu.v1.Admin", "insitu.v1.Jobs",
-                    "insitu.v1.Models", "insitu.v1.Features"]
+            return [
+                "insitu.v1.SiteSession",
+                "insitu.v1.Admin",
+                "insitu.v1.Jobs",
+                "insitu.v1.Models",
+                "insitu.v1.Features",
+            ]
 
         def register_enrol(server: grpc.Server) -> list[str]:
             enrolment_pb2_grpc.add_EnrolmentServicer_to_server(EnrolmentServicer(self), server)
@@ -259,8 +296,11 @@ class Coordinator:
         except InsituError as e:
             log.error("pseudonym key unavailable: %s", e.detail)
             return
-        session.outbound.put(session_pb2.CoordinatorMessage(
-            pseudonym_key=session_pb2.PseudonymKey(key_id=key_id, key=key)))
+        session.outbound.put(
+            session_pb2.CoordinatorMessage(
+                pseudonym_key=session_pb2.PseudonymKey(key_id=key_id, key=key)
+            )
+        )
 
     def on_site_message(self, session: Session, msg: session_pb2.SiteMessage) -> None:
         """Everything a site sends besides Hello and heartbeats lands here."""
@@ -279,13 +319,21 @@ class Coordinator:
         try:
             old, new = self.engine.reload(self.policy_dir)
         except InsituError as e:
-            self.auditor.event("policy.reload", "policy.reload", ("Federation", "federation"),
-                               outcome="failure", reason="policy_invalid",
-                               attrs={"old_hash": self.engine.policy_hash,
-                                      "error": e.detail[:200]})
+            self.auditor.event(
+                "policy.reload",
+                "policy.reload",
+                ("Federation", "federation"),
+                outcome="failure",
+                reason="policy_invalid",
+                attrs={"old_hash": self.engine.policy_hash, "error": e.detail[:200]},
+            )
             raise
-        self.auditor.event("policy.reload", "policy.reload", ("Federation", "federation"),
-                           attrs={"old_hash": old, "new_hash": new})
+        self.auditor.event(
+            "policy.reload",
+            "policy.reload",
+            ("Federation", "federation"),
+            attrs={"old_hash": old, "new_hash": new},
+        )
         return old, new
 
     def stop(self, grace: float = 2.0) -> None:

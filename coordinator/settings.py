@@ -10,8 +10,6 @@ from insitu.authz.bundle import default_policy_dir
 __all__ = ["CoordinatorSettings", "default_policy_dir"]
 
 
-
-
 @dataclass(frozen=True)
 class CoordinatorSettings:
     trust_domain: str

@@ -278,8 +278,7 @@ class CoordinatorStore:
                 " ON CONFLICT(principal, role, site, org) DO UPDATE SET"
                 " not_before=excluded.not_before, not_after=excluded.not_after,"
                 " granted_by=excluded.granted_by, granted_at=excluded.granted_at",
-                (b.principal, b.role, b.site, b.org, b.not_before, b.not_after,
-                 b.granted_by, now),
+                (b.principal, b.role, b.site, b.org, b.not_before, b.not_after, b.granted_by, now),
             )
 
     def revoke_binding(self, principal: str, role: str, site: str, org: str) -> bool:
@@ -294,28 +293,33 @@ class CoordinatorStore:
         """Pin the site's first attestation key; True if ``key`` is (now) the pinned one."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO site_keys VALUES (?, ?, ?)", (site_id, key, now))
-            (pinned,) = db.execute("SELECT attestation_key FROM site_keys WHERE site_id = ?",
-                                   (site_id,)).fetchone()
+            (pinned,) = db.execute(
+                "SELECT attestation_key FROM site_keys WHERE site_id = ?", (site_id,)
+            ).fetchone()
         return bytes(pinned) == key
 
     def pin_audit_key(self, site_id: str, key: bytes, *, now: int) -> bool:
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO site_audit_keys VALUES (?, ?, ?)",
-                       (site_id, key, now))
-            (pinned,) = db.execute("SELECT audit_key FROM site_audit_keys WHERE site_id = ?",
-                                   (site_id,)).fetchone()
+            db.execute(
+                "INSERT OR IGNORE INTO site_audit_keys VALUES (?, ?, ?)", (site_id, key, now)
+            )
+            (pinned,) = db.execute(
+                "SELECT audit_key FROM site_audit_keys WHERE site_id = ?", (site_id,)
+            ).fetchone()
         return bytes(pinned) == key
 
     def audit_key(self, site_id: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT audit_key FROM site_audit_keys WHERE site_id = ?",
-                                   (site_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT audit_key FROM site_audit_keys WHERE site_id = ?", (site_id,)
+            ).fetchone()
         return bytes(row[0]) if row else None
 
     def attestation_key(self, site_id: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT attestation_key FROM site_keys WHERE site_id = ?",
-                                   (site_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT attestation_key FROM site_keys WHERE site_id = ?", (site_id,)
+            ).fetchone()
         return bytes(row[0]) if row else None
 
     def grant_model(self, model: str, principal: str) -> None:
@@ -330,8 +334,10 @@ class CoordinatorStore:
         return [(r[0], r[1]) for r in rows]
 
     def bindings_of(self, principal: str | None) -> list[BindingRow]:
-        q = ("SELECT principal, role, site, org, not_before, not_after, granted_by"
-             " FROM role_bindings")
+        q = (
+            "SELECT principal, role, site, org, not_before, not_after, granted_by"
+            " FROM role_bindings"
+        )
         args: tuple[str, ...] = ()
         if principal is not None:
             q += " WHERE principal = ?"

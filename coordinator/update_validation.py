@@ -16,8 +16,9 @@ from flwr.app import Message
 __all__ = ["validate_reply"]
 
 
-def validate_reply(instruction: Message, reply: Message, *, max_bytes: int,
-                   reply_bytes: int) -> str | None:
+def validate_reply(
+    instruction: Message, reply: Message, *, max_bytes: int, reply_bytes: int
+) -> str | None:
     """``None`` if ``reply`` is an acceptable answer to ``instruction``, else why not."""
     if reply.has_error():
         return None

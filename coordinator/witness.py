@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +25,23 @@ Audit = Callable[[str, dict[str, Any]], None]
 
 
 class CoordinatorWitness:
-    def __init__(self, audit_log: AuditLog, sessions: SessionRegistry, store: CoordinatorStore,
-                 trust_domain: str, audit: Audit, interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        sessions: SessionRegistry,
+        store: CoordinatorStore,
+        trust_domain: str,
+        audit: Audit,
+        interval_s: float = 5.0,
+    ) -> None:
         self.log = audit_log
         self.sessions = sessions
         self.store = store
         self.trust_domain = trust_domain
         self.audit = audit
         self.interval_s = interval_s
-        self._offered: dict[str, int] = {}     # session id -> size offered
-        self._cosigned: dict[str, int] = {}    # site -> size it cosigned
+        self._offered: dict[str, int] = {}  # session id -> size offered
+        self._cosigned: dict[str, int] = {}  # site -> size it cosigned
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="witness", daemon=True)
 
@@ -66,8 +72,13 @@ class CoordinatorWitness:
             if last > cp.size:
                 last = 0  # the site saw a bigger tree than we have: it will refuse, loudly
             proof = self.log.consistency_proof(last, cp.size) if 0 < last < cp.size else []
-            s.outbound.put(session_pb2.CoordinatorMessage(checkpoint_offer=session_pb2.CheckpointOffer(
-                note=cp.note, from_size=last, proof=proof)))
+            s.outbound.put(
+                session_pb2.CoordinatorMessage(
+                    checkpoint_offer=session_pb2.CheckpointOffer(
+                        note=cp.note, from_size=last, proof=proof
+                    )
+                )
+            )
             self._offered[s.session_id] = cp.size
 
     def on_note(self, session: Session, w: session_pb2.WitnessNote) -> None:
@@ -81,12 +92,15 @@ class CoordinatorWitness:
                 self.store_note(f"cosigned-by/{site}", w.size, w.note)
                 self._cosigned[site] = int(w.size)
             elif w.kind == "site_checkpoint":
-                cp = verify_checkpoint(w.note, SITE_AUDIT_KEY_NAME, key,
-                                       origin=f"{self.trust_domain}/site/{site}")
+                cp = verify_checkpoint(
+                    w.note, SITE_AUDIT_KEY_NAME, key, origin=f"{self.trust_domain}/site/{site}"
+                )
                 self.store_note(f"site/{site}", cp.size, w.note)
         except InsituError as e:
-            self.audit("audit.witness", {"site": site, "kind": w.kind, "outcome": "refused",
-                                         "reason": e.detail[:200]})
+            self.audit(
+                "audit.witness",
+                {"site": site, "kind": w.kind, "outcome": "refused", "reason": e.detail[:200]},
+            )
 
     def store_note(self, origin: str, size: int, note: str) -> None:
         self.log.store.add_witnessed(origin, size, note)

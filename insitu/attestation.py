@@ -48,7 +48,6 @@ _REQUIRED = (
 )
 
 
-
 @dataclass(frozen=True)
 class SignedAttestation:
     """An attestation as signed: the exact canonical bytes, the signature and the signing

@@ -25,14 +25,19 @@ import hvac
 from rich.console import Console
 from rich.table import Table
 
-from insitu.identity.admin_bootstrap import bootstrap_admin
-from insitu.identity.credentials import write_private_file
-from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation, free_port
 from insitu.apps.breast_cancer.data import central_baseline, site_frames, write_site_csvs
 from insitu.cli.progress import follow_job
 from insitu.flower.bundle import app_from_module, code_hash, pack_app
-from insitu.identity.credentials import Credentials, build_csr, generate_private_key, key_to_pem
+from insitu.identity.admin_bootstrap import bootstrap_admin
+from insitu.identity.credentials import (
+    Credentials,
+    build_csr,
+    generate_private_key,
+    key_to_pem,
+    write_private_file,
+)
 from insitu.identity.spiffe import SpiffeId
+from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation, free_port
 from insitu.sdk import Client
 from insitu.sdk.site_client import SiteClient
 from site_node.approvals import ApprovedCode
@@ -64,8 +69,14 @@ def _site_client(ws: Path, user: str, site: str) -> SiteClient:
 
     port = json.loads((ws / "sites" / site / "status.json").read_text())["api_port"]
     d = ws / user
-    return SiteClient(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem", d / "ca.pem",
-                      site_id=site, trust_domain=TRUST_DOMAIN)
+    return SiteClient(
+        f"127.0.0.1:{port}",
+        d / "cert.pem",
+        d / "key.pem",
+        d / "ca.pem",
+        site_id=site,
+        trust_domain=TRUST_DOMAIN,
+    )
 
 
 def _serve(admin: Client, engineer: Client, keys: KeyService, ws: Path, listen: int) -> None:
@@ -79,37 +90,53 @@ def _serve(admin: Client, engineer: Client, keys: KeyService, ws: Path, listen: 
     admin.grant_role(app, "inference_client")
     _issue_user(keys, "site-ops", ws / "site-ops")
     _issue_user(keys, "ehr-app", ws / "ehr-app")
-    ops_c = Client(f"127.0.0.1:{listen}", ws / "site-ops" / "cert.pem",
-                   ws / "site-ops" / "key.pem", ws / "site-ops" / "ca.pem",
-                   server_name=f"coordinator.{TRUST_DOMAIN}", timeout=60)
+    ops_c = Client(
+        f"127.0.0.1:{listen}",
+        ws / "site-ops" / "cert.pem",
+        ws / "site-ops" / "key.pem",
+        ws / "site-ops" / "ca.pem",
+        server_name=f"coordinator.{TRUST_DOMAIN}",
+        timeout=60,
+    )
     for site in SITES:
         st = ops_c.deploy_model("bcw-mlp", "v1", site)
-        console.print(f"[green]✓[/green] {site}: verified the Vault signature with its pinned "
-                      f"key and serves bcw-mlp v{st.serving_version}")
+        console.print(
+            f"[green]✓[/green] {site}: verified the Vault signature with its pinned "
+            f"key and serves bcw-mlp v{st.serving_version}"
+        )
     engineer.grant_model("bcw-mlp", app)
-    rows = site_frames(SITES, seed=0)["hospital-a"].drop(columns=["target"]).to_numpy(
-        np.float32)
+    rows = site_frames(SITES, seed=0)["hospital-a"].drop(columns=["target"]).to_numpy(np.float32)
     with _site_client(ws, "ehr-app", "hospital-a") as hospital_app:
-        _wait(lambda: hospital_app.predict("bcw-mlp", {"features": rows[:1]}) is not None,
-              30, "predict access to reach the site")
+        _wait(
+            lambda: hospital_app.predict("bcw-mlp", {"features": rows[:1]}) is not None,
+            30,
+            "predict access to reach the site",
+        )
         latencies = []
         for i in range(200):
             t0 = time.perf_counter()
-            hospital_app.predict("bcw-mlp", {"features": rows[i % len(rows):][:1]})
+            hospital_app.predict("bcw-mlp", {"features": rows[i % len(rows) :][:1]})
             latencies.append((time.perf_counter() - t0) * 1000)
         batch = hospital_app.predict("bcw-mlp", {"features": rows[:64]})
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    console.print(f"hospital-a Predict over mTLS, 200 calls: p50 {p50:.2f} ms  p90 {p90:.2f} ms  "
-                  f"p99 {p99:.2f} ms; a 64-row batch answered by v{batch.version}")
-    job = engineer.submit_job(DEMO_APP, {s: "bcw" for s in SITES}, rounds=2,
-                              model_name="bcw-mlp", run_config={"seed": 1})
+    console.print(
+        f"hospital-a Predict over mTLS, 200 calls: p50 {p50:.2f} ms  p90 {p90:.2f} ms  "
+        f"p99 {p99:.2f} ms; a 64-row batch answered by v{batch.version}"
+    )
+    job = engineer.submit_job(
+        DEMO_APP, {s: "bcw" for s in SITES}, rounds=2, model_name="bcw-mlp", run_config={"seed": 1}
+    )
     v2 = list(engineer.watch_job(job.job_id, timeout=600))[-1].snapshot
     st = ops_c.deploy_model("bcw-mlp", v2.model_version, "hospital-b", canary_percent=10)
-    console.print(f"hospital-b canary: serving v{st.serving_version}, canary "
-                  f"v{st.canary_version} to {st.canary_percent:.0f}% of callers (sticky)")
+    console.print(
+        f"hospital-b canary: serving v{st.serving_version}, canary "
+        f"v{st.canary_version} to {st.canary_percent:.0f}% of callers (sticky)"
+    )
     st = ops_c.rollback_model("bcw-mlp", "hospital-b")
-    console.print(f"hospital-b rollback: serving v{st.serving_version}, canary "
-                  f"{'none' if not st.canary_version else st.canary_version}")
+    console.print(
+        f"hospital-b rollback: serving v{st.serving_version}, canary "
+        f"{'none' if not st.canary_version else st.canary_version}"
+    )
     ops_c.close()
 
 
@@ -118,26 +145,56 @@ def _verify_logs(ws: Path, keys: dict[str, bytes]) -> bool:
     import base64
 
     console.rule("audit: offline verification of every log")
-    logs = {"coordinator": (ws / "coordinator" / "data" / "audit.db", "insitu-audit",
-                            keys["coordinator"])}
+    logs = {
+        "coordinator": (
+            ws / "coordinator" / "data" / "audit.db",
+            "insitu-audit",
+            keys["coordinator"],
+        )
+    }
     for site in SITES:
         sdir = ws / "sites" / site
         from insitu.audit.signing import LocalSigner
-        logs[site] = (sdir / "audit.db", "insitu-site-audit",
-                      LocalSigner.from_file(sdir / "audit-signing.key").public_key)
+
+        logs[site] = (
+            sdir / "audit.db",
+            "insitu-site-audit",
+            LocalSigner.from_file(sdir / "audit-signing.key").public_key,
+        )
     ok = True
     for name, (db, key_name, pub) in logs.items():
         cp = db.with_suffix(".checkpoint")
         pubfile = db.with_suffix(".pub")
         pubfile.write_text(base64.b64encode(pub).decode() + "\n")
-        r = subprocess.run([_bin("insitu-audit"), "checkpoint", "--db", str(db)],
-                           capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            [_bin("insitu-audit"), "checkpoint", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         cp.write_text(r.stdout)
-        v = subprocess.run([_bin("insitu-audit"), "verify", "--db", str(db), "--checkpoint",
-                            str(cp), "--pubkey", str(pubfile), "--key-name", key_name],
-                           capture_output=True, text=True, check=False)
-        line = (v.stdout.strip() or v.stderr.strip()).splitlines()[-1] if (v.stdout or v.stderr) \
+        v = subprocess.run(
+            [
+                _bin("insitu-audit"),
+                "verify",
+                "--db",
+                str(db),
+                "--checkpoint",
+                str(cp),
+                "--pubkey",
+                str(pubfile),
+                "--key-name",
+                key_name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        line = (
+            (v.stdout.strip() or v.stderr.strip()).splitlines()[-1]
+            if (v.stdout or v.stderr)
             else "no output"
+        )
         mark = "[green]✓[/green]" if v.returncode == 0 else "[red]✗[/red]"
         console.print(f"{mark} {name:12s} {line}")
         ok = ok and v.returncode == 0
@@ -296,7 +353,8 @@ def run_demo(workspace: Path | None = None) -> int:
             )
             (site_dir / "datasets.toml").write_text(
                 f'[datasets.bcw]\npath = "{csvs[site]}"\nformat = "csv"\nlabel = "target"\n'
-                'purposes = ["research"]\nepsilon_budget = 10.0\n')
+                'purposes = ["research"]\nepsilon_budget = 10.0\n'
+            )
             ApprovedCode(site_dir).approve(app_hash, "breast-cancer demo app, reviewed")
             procs.start(
                 site,
@@ -323,20 +381,32 @@ def run_demo(workspace: Path | None = None) -> int:
                 f"{(s.cert_not_after_unix - now) / 3600:.1f} h",
             )
         console.print(table)
-        console.print(f"each site approved app code sha256 {app_hash[:16]}… and holds its own "
-                      "CSV; rows never leave the site")
+        console.print(
+            f"each site approved app code sha256 {app_hash[:16]}… and holds its own "
+            "CSV; rows never leave the site"
+        )
 
         eve = f"spiffe://{TRUST_DOMAIN}/user/eve"
         admin.grant_role(eve, "ml_engineer", org="demo-hospitals")
         eve_dir = ws / "eve"
         _issue_user(keys, "eve", eve_dir)
         console.print("[green]✓[/green] ml_engineer identity spiffe://demo.insitu/user/eve")
-        engineer = Client(f"127.0.0.1:{listen}", eve_dir / "cert.pem", eve_dir / "key.pem",
-                          eve_dir / "ca.pem", server_name=f"coordinator.{TRUST_DOMAIN}",
-                          timeout=60)
+        engineer = Client(
+            f"127.0.0.1:{listen}",
+            eve_dir / "cert.pem",
+            eve_dir / "key.pem",
+            eve_dir / "ca.pem",
+            server_name=f"coordinator.{TRUST_DOMAIN}",
+            timeout=60,
+        )
         console.rule("federated training: data stays, the model moves")
-        job = engineer.submit_job(DEMO_APP, {s: "bcw" for s in SITES}, rounds=ROUNDS,
-                                  model_name="bcw-mlp", purpose="research")
+        job = engineer.submit_job(
+            DEMO_APP,
+            {s: "bcw" for s in SITES},
+            rounds=ROUNDS,
+            model_name="bcw-mlp",
+            purpose="research",
+        )
         final = follow_job(engineer, job.job_id, ROUNDS, console)
         if final.state != 3:
             console.print(f"[red]job failed:[/red] {final.error}")
@@ -344,15 +414,20 @@ def run_demo(workspace: Path | None = None) -> int:
         fed_acc = _final_accuracy(final)
         with console.status("training the central baseline on the pooled data (demo only) …"):
             central = central_baseline(seed=0)
-        model = engineer.get_model("bcw-mlp", final.model_version,
-                                   signing_key=keys.public_key("model-signing"))
+        model = engineer.get_model(
+            "bcw-mlp", final.model_version, signing_key=keys.public_key("model-signing")
+        )
         gap = abs(central - fed_acc) * 100
         verdict = "[green]within 3 points[/green]" if gap <= 3 else "[red]more than 3 points[/red]"
-        console.print(f"federated accuracy {fed_acc:.4f}   central baseline {central:.4f}   "
-                      f"gap {gap:.2f} points: {verdict}")
-        console.print(f"[green]✓[/green] model bcw-mlp {model.version}: signature verified "
-                      f"(Vault transit model-signing), {len(model.onnx)} bytes of ONNX, lineage "
-                      f"sites {', '.join(model.manifest['lineage']['sites'])}")
+        console.print(
+            f"federated accuracy {fed_acc:.4f}   central baseline {central:.4f}   "
+            f"gap {gap:.2f} points: {verdict}"
+        )
+        console.print(
+            f"[green]✓[/green] model bcw-mlp {model.version}: signature verified "
+            f"(Vault transit model-signing), {len(model.onnx)} bytes of ONNX, lineage "
+            f"sites {', '.join(model.manifest['lineage']['sites'])}"
+        )
         _serve(admin, engineer, keys, ws, listen)
         engineer.close()
         admin.close()
@@ -363,8 +438,11 @@ def run_demo(workspace: Path | None = None) -> int:
             vault.stop()
         console.print("[green]✓[/green] all processes stopped (final audit checkpoints signed)")
         ok = _verify_logs(ws, audit_keys)
-        console.print("[bold green]demo complete[/bold green]" if ok and gap <= 3
-                      else "[bold red]demo finished with failures[/bold red]")
+        console.print(
+            "[bold green]demo complete[/bold green]"
+            if ok and gap <= 3
+            else "[bold red]demo finished with failures[/bold red]"
+        )
         return 0 if ok and gap <= 3 else 1
     except KeyboardInterrupt:
         interrupted = True

@@ -30,14 +30,27 @@ ARTIFACT_FORMAT = 1
 _ONNX_DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32"}
 
 
-def signing_message(model: str, version: int, sha256_hex: str,
-                    inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]],
-                    key_version: int) -> bytes:
-    return bytes(rfc8785.dumps({
-        "type": MESSAGE_TYPE, "model": model, "version": version, "sha256": sha256_hex,
-        "inputs": [dict(s) for s in inputs], "outputs": [dict(s) for s in outputs],
-        "key_version": key_version,
-    }))
+def signing_message(
+    model: str,
+    version: int,
+    sha256_hex: str,
+    inputs: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Mapping[str, Any]],
+    key_version: int,
+) -> bytes:
+    return bytes(
+        rfc8785.dumps(
+            {
+                "type": MESSAGE_TYPE,
+                "model": model,
+                "version": version,
+                "sha256": sha256_hex,
+                "inputs": [dict(s) for s in inputs],
+                "outputs": [dict(s) for s in outputs],
+                "key_version": key_version,
+            }
+        )
+    )
 
 
 def onnx_io(onnx_bytes: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -58,17 +71,29 @@ def onnx_io(onnx_bytes: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         return {"name": v.name, "dtype": dtype, "shape": shape}
 
-    return ([spec(v) for v in graph.input if v.name not in initializers],
-            [spec(v) for v in graph.output])
+    return (
+        [spec(v) for v in graph.input if v.name not in initializers],
+        [spec(v) for v in graph.output],
+    )
 
 
-def artifact_document(model: str, version: int, onnx_bytes: bytes,
-                      inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]],
-                      key_version: int, signature: bytes) -> dict[str, Any]:
+def artifact_document(
+    model: str,
+    version: int,
+    onnx_bytes: bytes,
+    inputs: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Mapping[str, Any]],
+    key_version: int,
+    signature: bytes,
+) -> dict[str, Any]:
     """The ``artifact.json`` document a site installs alongside ``model.onnx``."""
     return {
-        "format": ARTIFACT_FORMAT, "model": model, "version": version,
+        "format": ARTIFACT_FORMAT,
+        "model": model,
+        "version": version,
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "inputs": [dict(s) for s in inputs], "outputs": [dict(s) for s in outputs],
-        "key_version": key_version, "signature": base64.b64encode(signature).decode(),
+        "inputs": [dict(s) for s in inputs],
+        "outputs": [dict(s) for s in outputs],
+        "key_version": key_version,
+        "signature": base64.b64encode(signature).decode(),
     }

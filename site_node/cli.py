@@ -101,7 +101,9 @@ def approve(
     from insitu.flower.bundle import code_hash, pack_app
 
     if (code_sha256 is None) == (app_dir is None):
-        raise InsituError(ErrorCode.INVALID_ARGUMENT, "give exactly one of --code-sha256, --app-dir")
+        raise InsituError(
+            ErrorCode.INVALID_ARGUMENT, "give exactly one of --code-sha256, --app-dir"
+        )
     h = code_sha256 or code_hash(pack_app(app_dir))  # type: ignore[arg-type]
     ApprovedCode(site_dir).approve(h, note)
     print(h)

@@ -8,34 +8,33 @@ never leaves the site; sites hold no Vault credentials.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
+from insitu._proto.v1 import session_pb2
 from insitu.audit import AuditLog, SqliteAuditStore
 from insitu.audit.signing import LocalSigner
-from insitu.identity.credentials import write_private_file
-from insitu.rpc.audit import RpcAuditor
-import threading
-
-from insitu._proto.v1 import session_pb2
 from insitu.authz import EntityRef, Resource
 from insitu.authz.bundle import default_policy_dir
 from insitu.errors import ErrorCode, InsituError
+from insitu.identity.credentials import write_private_file
 from insitu.identity.spiffe import SpiffeId
-from site_node.releases import PseudonymHolder, SiteReleases, attestation_signer
+from insitu.rpc.audit import RpcAuditor
+from site_node.approvals import ApprovedCode
 from site_node.deployments import SiteDeployments, pinned_verifier
+from site_node.egress import EgressGuard
 from site_node.enrol import pinned_coordinator_audit_key, pinned_model_keys
-from site_node.witness import SiteWitness
+from site_node.jobs import SiteJobs
+from site_node.releases import PseudonymHolder, SiteReleases, attestation_signer
 from site_node.serving.repository import ModelRepository
 from site_node.serving.service import ServingRuntime
-from site_node.site_api import SiteApiServer
-from site_node.site_authz import SiteAuthorizer, SiteAuthState
-from site_node.approvals import ApprovedCode
-from site_node.egress import EgressGuard
-from site_node.jobs import SiteJobs
 from site_node.session import SiteSession
 from site_node.settings import SiteSettings
+from site_node.site_api import SiteApiServer
+from site_node.site_authz import SiteAuthorizer, SiteAuthState
 from site_node.training.datasets import load_datasets
 from site_node.training.ledger import open_ledger
+from site_node.witness import SiteWitness
 
 __all__ = ["AUDIT_KEY_NAME", "SiteDaemon", "site_audit_signer"]
 
@@ -66,7 +65,9 @@ class SiteDaemon:
         self.audit_log = AuditLog(
             SqliteAuditStore(d / "audit.db"),
             origin=f"{settings.trust_domain}/site/{settings.site_id}",
-            node=f"site/{settings.site_id}", signer=signer.sign, key_name=AUDIT_KEY_NAME,
+            node=f"site/{settings.site_id}",
+            signer=signer.sign,
+            key_name=AUDIT_KEY_NAME,
             public_key=signer.public_key,
             checkpoint_every_s=settings.audit_checkpoint_every_s,
         )
@@ -74,45 +75,85 @@ class SiteDaemon:
         self.datasets = load_datasets(d)
         self.ledger = open_ledger(d, self.datasets)
         self.approvals = ApprovedCode(d)
-        self.guard = EgressGuard(lambda kind, reason: self.auditor.event(
-            "egress.refused", "egress", ("SiteMessage", kind), outcome="denied",
-            reason="egress_guard", attrs={"reason": reason[:200]}))
+        self.guard = EgressGuard(
+            lambda kind, reason: self.auditor.event(
+                "egress.refused",
+                "egress",
+                ("SiteMessage", kind),
+                outcome="denied",
+                reason="egress_guard",
+                attrs={"reason": reason[:200]},
+            )
+        )
         self.attestation = attestation_signer(d)
         self.pseudonyms = PseudonymHolder()
-        self.session = SiteSession(settings, self.guard, on_inbound=self._on_inbound,
-                                   attestation_key=self.attestation.public_key,
-                                   audit_key=signer.public_key)
+        self.session = SiteSession(
+            settings,
+            self.guard,
+            on_inbound=self._on_inbound,
+            attestation_key=self.attestation.public_key,
+            audit_key=signer.public_key,
+        )
         self.witness = SiteWitness(
-            d, settings.site_id, pinned_coordinator_audit_key(d), signer, self.audit_log,
-            self.session.send, interval_s=settings.witness_interval_s,
+            d,
+            settings.site_id,
+            pinned_coordinator_audit_key(d),
+            signer,
+            self.audit_log,
+            self.session.send,
+            interval_s=settings.witness_interval_s,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("AuditLog", "coordinator"), outcome="denied", attrs=attrs))
+                event, event, ("AuditLog", "coordinator"), outcome="denied", attrs=attrs
+            ),
+        )
         self.session.witnessed_size = lambda: self.witness.witnessed_size
         self.jobs = SiteJobs(
-            site_dir=d, site_id=settings.site_id, trust_domain=settings.trust_domain,
-            datasets=self.datasets, ledger=self.ledger, approvals=self.approvals,
-            guard=self.guard, send=self.session.send,
+            site_dir=d,
+            site_id=settings.site_id,
+            trust_domain=settings.trust_domain,
+            datasets=self.datasets,
+            ledger=self.ledger,
+            approvals=self.approvals,
+            guard=self.guard,
+            send=self.session.send,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs),
+                event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs
+            ),
         )
 
-        self.runtime = ServingRuntime(ModelRepository(d / "models"),
-                                      verifier=pinned_verifier(pinned_model_keys(d)))
+        self.runtime = ServingRuntime(
+            ModelRepository(d / "models"), verifier=pinned_verifier(pinned_model_keys(d))
+        )
         self.deployments = SiteDeployments(
-            self.runtime, pinned_verifier(pinned_model_keys(d)), self.session.send,
+            self.runtime,
+            pinned_verifier(pinned_model_keys(d)),
+            self.session.send,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("Model", attrs.get("model", "-")), attrs=attrs))
+                event, event, ("Model", attrs.get("model", "-")), attrs=attrs
+            ),
+        )
         self.authz_state = SiteAuthState()
         self.authorizer = SiteAuthorizer(
-            settings.policy_dir or default_policy_dir(), settings.local_policy_dir,
-            settings.trust_domain, self.authz_state, settings.site_id)
+            settings.policy_dir or default_policy_dir(),
+            settings.local_policy_dir,
+            settings.trust_domain,
+            self.authz_state,
+            settings.site_id,
+        )
         self.releases = SiteReleases(
-            site_dir=d, site_id=settings.site_id, datasets=self.datasets, ledger=self.ledger,
-            signer=self.attestation, guard=self.guard, pseudonyms=self.pseudonyms,
-            send=self.session.send, job_dataset=self.jobs.job_dataset,
+            site_dir=d,
+            site_id=settings.site_id,
+            datasets=self.datasets,
+            ledger=self.ledger,
+            signer=self.attestation,
+            guard=self.guard,
+            pseudonyms=self.pseudonyms,
+            send=self.session.send,
+            job_dataset=self.jobs.job_dataset,
             audit=lambda event, attrs: self.auditor.event(
-                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))),
-                attrs=attrs))
+                event, event, ("FeatureRelease", str(attrs.get("release_id", "-"))), attrs=attrs
+            ),
+        )
         self.authorizer.release_resource = self._release_resource
         self.api: SiteApiServer | None = None
 
@@ -120,21 +161,33 @@ class SiteDaemon:
         """The FeatureRelease a data steward approves (Cedar features.approve)."""
         ds = self.datasets.get_dataset(dataset)
         site = self.settings.site_id
-        ds_res = Resource("Dataset", f"{site}:{dataset}",
-                          {"site": EntityRef("Site", site), "purposes": set(ds.purposes)})
+        ds_res = Resource(
+            "Dataset",
+            f"{site}:{dataset}",
+            {"site": EntityRef("Site", site), "purposes": set(ds.purposes)},
+        )
         job = self.jobs.approved.get(job_id)
         if job is None:
-            raise InsituError(ErrorCode.FAILED_PRECONDITION,
-                              f"job {job_id} was not approved at this site")
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION, f"job {job_id} was not approved at this site"
+            )
         owner, purpose, job_ds = job
-        job_res = Resource("Job", job_id, {
-            "owner": EntityRef("User", SpiffeId.parse(owner).name),
-            "org": EntityRef("Org", "none"), "purpose": purpose,
-            "approved_datasets": [ds_res] if job_ds == dataset else [],
-            "sites": [EntityRef("Site", site)]})
-        return Resource("FeatureRelease", "new", {"dataset": ds_res,
-                                                  "site": EntityRef("Site", site),
-                                                  "job": job_res, "approved": False})
+        job_res = Resource(
+            "Job",
+            job_id,
+            {
+                "owner": EntityRef("User", SpiffeId.parse(owner).name),
+                "org": EntityRef("Org", "none"),
+                "purpose": purpose,
+                "approved_datasets": [ds_res] if job_ds == dataset else [],
+                "sites": [EntityRef("Site", site)],
+            },
+        )
+        return Resource(
+            "FeatureRelease",
+            "new",
+            {"dataset": ds_res, "site": EntityRef("Site", site), "job": job_res, "approved": False},
+        )
 
     def _on_inbound(self, msg: session_pb2.CoordinatorMessage) -> None:
         kind = msg.WhichOneof("body")
@@ -143,8 +196,9 @@ class SiteDaemon:
             if self.api is not None:
                 self.api.revocation.refresh()
         elif kind == "model_deploy":
-            threading.Thread(target=self.deployments.on_deploy, args=(msg.model_deploy,),
-                             daemon=True).start()
+            threading.Thread(
+                target=self.deployments.on_deploy, args=(msg.model_deploy,), daemon=True
+            ).start()
         elif kind == "model_control":
             self.deployments.on_control(msg.model_control)
         elif kind == "pseudonym_key":
@@ -152,16 +206,23 @@ class SiteDaemon:
         elif kind == "feature_ack":
             self.releases.on_ack(msg.feature_ack)
         elif kind == "checkpoint_offer":
-            threading.Thread(target=self.witness.on_offer, args=(msg.checkpoint_offer,),
-                             daemon=True).start()
+            threading.Thread(
+                target=self.witness.on_offer, args=(msg.checkpoint_offer,), daemon=True
+            ).start()
         else:
             self.jobs.on_message(msg)
 
     def run(self) -> None:
         """Blocking until :meth:`stop`; raises SiteRefused if the federation refuses us."""
         self.runtime.start()
-        self.api = SiteApiServer(self.settings, self.runtime, self.authorizer, self.authz_state,
-                                 self.auditor, self.releases)
+        self.api = SiteApiServer(
+            self.settings,
+            self.runtime,
+            self.authorizer,
+            self.authz_state,
+            self.auditor,
+            self.releases,
+        )
         self.api.start()
         self.session.status.api_port = self.api.port
         threading.Thread(target=self.witness.run, name="witness", daemon=True).start()

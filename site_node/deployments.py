@@ -39,18 +39,29 @@ def pinned_verifier(keys: dict[int, bytes]) -> Callable[[bytes, bytes], bool]:
     return verify
 
 
-def _result(request_id: str, status: ModelStatus | None, error: str = "") -> session_pb2.DeployResult:
+def _result(
+    request_id: str, status: ModelStatus | None, error: str = ""
+) -> session_pb2.DeployResult:
     if status is None:
         return session_pb2.DeployResult(request_id=request_id, ok=False, error=error[:500])
     st = status.state
     return session_pb2.DeployResult(
-        request_id=request_id, ok=True, serving_version=st.serving or 0,
-        canary_version=st.canary or 0, canary_percent=st.canary_basis_points / 100)
+        request_id=request_id,
+        ok=True,
+        serving_version=st.serving or 0,
+        canary_version=st.canary or 0,
+        canary_percent=st.canary_basis_points / 100,
+    )
 
 
 class SiteDeployments:
-    def __init__(self, runtime: ServingRuntime, verify: Callable[[bytes, bytes], bool],
-                 send: Send, audit: Audit) -> None:
+    def __init__(
+        self,
+        runtime: ServingRuntime,
+        verify: Callable[[bytes, bytes], bool],
+        send: Send,
+        audit: Audit,
+    ) -> None:
         self.runtime = runtime
         self.verify = verify
         self.send = send
@@ -61,17 +72,29 @@ class SiteDeployments:
         try:
             meta = ArtifactMetadata.from_json_unverified(d.artifact)
             status = self.runtime.deploy(
-                d.model, d.version, d.onnx, meta, self.verify,
+                d.model,
+                d.version,
+                d.onnx,
+                meta,
+                self.verify,
                 config_yaml=d.config_yaml or None,
-                canary_percent=d.canary_percent or None)
+                canary_percent=d.canary_percent or None,
+            )
         except InsituError as e:
             error = f"{e.code.value}: {e.detail}"
         except Exception as e:  # a broken model must not take the daemon down
             log.exception("deploy of %s v%d failed", d.model, d.version)
             error = f"internal: {type(e).__name__}"
-        self.audit("model.deploy", {"model": d.model, "version": str(d.version),
-                                    "canary_percent": str(d.canary_percent),
-                                    "ok": str(status is not None), "error": error[:200]})
+        self.audit(
+            "model.deploy",
+            {
+                "model": d.model,
+                "version": str(d.version),
+                "canary_percent": str(d.canary_percent),
+                "ok": str(status is not None),
+                "error": error[:200],
+            },
+        )
         self.send(session_pb2.SiteMessage(deploy_result=_result(d.request_id, status, error)))
 
     def on_control(self, c: session_pb2.ModelControl) -> None:
@@ -85,6 +108,8 @@ class SiteDeployments:
                 error = f"unknown action {c.action!r}"
         except InsituError as e:
             error = f"{e.code.value}: {e.detail}"
-        self.audit(f"model.{c.action}" if c.action in ("promote", "rollback") else "model.control",
-                   {"model": c.model, "ok": str(status is not None), "error": error[:200]})
+        self.audit(
+            f"model.{c.action}" if c.action in ("promote", "rollback") else "model.control",
+            {"model": c.model, "ok": str(status is not None), "error": error[:200]},
+        )
         self.send(session_pb2.SiteMessage(deploy_result=_result(c.request_id, status, error)))

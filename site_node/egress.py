@@ -33,8 +33,9 @@ class EgressRefused(InsituError):
 class EgressGuard:
     """Thread-safe; ``on_refused(kind, reason)`` is the audit hook."""
 
-    def __init__(self, on_refused: Callable[[str, str], None], *,
-                 max_reply_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self, on_refused: Callable[[str, str], None], *, max_reply_bytes: int = 512 * 1024 * 1024
+    ) -> None:
         self._on_refused = on_refused
         self.max_reply_bytes = max_reply_bytes
         self._lock = threading.Lock()
@@ -79,29 +80,36 @@ class EgressGuard:
             want = shapes.get(key)
             got = {n: (tuple(a.shape), a.dtype) for n, a in rec.items()}
             if want is None or got != want:
-                raise self._refuse("task_reply", f"array record {key!r} does not match the "
-                                   "global model it answers")
+                raise self._refuse(
+                    "task_reply", f"array record {key!r} does not match the global model it answers"
+                )
         for key, cfg in rd.config_records.items():
             if len(cfg) > MAX_CONFIG_ENTRIES:
                 raise self._refuse("task_reply", f"config record {key!r} is too large")
             for name, value in cfg.items():
                 vals = value if isinstance(value, list) else [value]
                 if any(isinstance(v, str | bytes) for v in vals):
-                    raise self._refuse("task_reply",
-                                       f"config {key}.{name} carries text or bytes")
+                    raise self._refuse("task_reply", f"config {key}.{name} carries text or bytes")
         self._clear(job_id, message_id)
 
     def _clear(self, job_id: str, message_id: str) -> None:
         with self._lock:
             self._cleared.add((job_id, message_id))
 
-    def check_feature_batch(self, release_id: str, signed: SignedAttestation, batch: bytes,
-                            site_key: bytes, current_policy_hash: str) -> None:
+    def check_feature_batch(
+        self,
+        release_id: str,
+        signed: SignedAttestation,
+        batch: bytes,
+        site_key: bytes,
+        current_policy_hash: str,
+    ) -> None:
         """A feature batch leaves only with a valid attestation whose policy hash is the
         dataset's current policy (a stale or tampered attestation is refused)."""
         try:
-            verify_attestation(signed, site_key, batch=batch,
-                               expected_policy_hash=current_policy_hash)
+            verify_attestation(
+                signed, site_key, batch=batch, expected_policy_hash=current_policy_hash
+            )
         except InsituError as e:
             raise self._refuse("feature_batch", e.detail) from None
         with self._lock:

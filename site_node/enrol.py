@@ -81,8 +81,9 @@ def pin_trust(site_dir: Path, model_keys: dict[int, bytes], audit_key: bytes) ->
         raise InsituError(ErrorCode.INTEGRITY, "enrolment returned malformed signing keys")
     d = site_dir / TRUST_DIR
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (d / "model-signing.json").write_text(json.dumps(
-        {str(v): base64.b64encode(k).decode() for v, k in sorted(model_keys.items())}))
+    (d / "model-signing.json").write_text(
+        json.dumps({str(v): base64.b64encode(k).decode() for v, k in sorted(model_keys.items())})
+    )
     (d / "coordinator-audit.pub").write_text(base64.b64encode(audit_key).decode() + "\n")
 
 

@@ -53,10 +53,20 @@ class _Job:
 
 
 class SiteJobs:
-    def __init__(self, *, site_dir: Path, site_id: str, trust_domain: str,
-                 datasets: DatasetRegistry, ledger: PrivacyLedger, approvals: ApprovedCode,
-                 guard: EgressGuard, send: Send, audit: Audit,
-                 max_message_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        site_dir: Path,
+        site_id: str,
+        trust_domain: str,
+        datasets: DatasetRegistry,
+        ledger: PrivacyLedger,
+        approvals: ApprovedCode,
+        guard: EgressGuard,
+        send: Send,
+        audit: Audit,
+        max_message_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self.site_dir = site_dir
         self.site_id = site_id
         self.node_id = node_id_for(SpiffeId.site(trust_domain, site_id).uri)
@@ -92,12 +102,25 @@ class SiteJobs:
         except Exception as e:  # a broken app bundle must not take the daemon down
             log.exception("job %s could not start", p.job_id)
             reason = f"could not start the job ({type(e).__name__})"
-        self.audit("job.approve" if approved else "job.refuse",
-                   {"job_id": p.job_id, "code_sha256": p.code_sha256, "dataset": p.dataset,
-                    "reason": reason[:200]})
-        self.send(session_pb2.SiteMessage(job_decision=session_pb2.JobDecision(
-            job_id=p.job_id, approved=approved, reason=reason,
-            dataset_fingerprint=fingerprint)))
+        self.audit(
+            "job.approve" if approved else "job.refuse",
+            {
+                "job_id": p.job_id,
+                "code_sha256": p.code_sha256,
+                "dataset": p.dataset,
+                "reason": reason[:200],
+            },
+        )
+        self.send(
+            session_pb2.SiteMessage(
+                job_decision=session_pb2.JobDecision(
+                    job_id=p.job_id,
+                    approved=approved,
+                    reason=reason,
+                    dataset_fingerprint=fingerprint,
+                )
+            )
+        )
 
     def _check_and_start(self, p: session_pb2.JobProposal) -> tuple[bool, str, str]:
         if hashlib.sha256(p.app_bundle).hexdigest() != p.code_sha256:
@@ -120,19 +143,33 @@ class SiteJobs:
             run_config: dict[str, str | int | float | bool] = dict(layout.config)
             run_config.update({k: _value(v) for k, v in p.run_config.items()})
             if dp_eps > 0:
-                run_config.update({"dp-noise-multiplier": float(p.dp.noise_multiplier),
-                                   "dp-max-grad-norm": float(p.dp.max_grad_norm or 1.0),
-                                   "dp-delta": float(p.dp.delta or 1e-5)})
+                run_config.update(
+                    {
+                        "dp-noise-multiplier": float(p.dp.noise_multiplier),
+                        "dp-max-grad-norm": float(p.dp.max_grad_norm or 1.0),
+                        "dp-delta": float(p.dp.delta or 1e-5),
+                    }
+                )
             else:
                 run_config["dp-noise-multiplier"] = 0.0
             runner = ClientAppRunner(
-                layout.directory, layout.clientapp,
+                layout.directory,
+                layout.clientapp,
                 build_node_config(p.partition_id, p.num_partitions, ds.name, ds.path),
-                run_id=int(p.run_id), node_id=self.node_id, run_config=run_config,
+                run_id=int(p.run_id),
+                node_id=self.node_id,
+                run_config=run_config,
                 on_message=lambda direction, mtype, size, ok: self.audit(
-                    "job.message", {"job_id": p.job_id, "direction": direction,
-                                    "message_type": mtype, "bytes": str(size),
-                                    "ok": str(ok), "code_sha256": p.code_sha256}),
+                    "job.message",
+                    {
+                        "job_id": p.job_id,
+                        "direction": direction,
+                        "message_type": mtype,
+                        "bytes": str(size),
+                        "ok": str(ok),
+                        "code_sha256": p.code_sha256,
+                    },
+                ),
             )
             fingerprint = self.datasets.fingerprint(p.dataset)
         except BaseException:
@@ -143,8 +180,9 @@ class SiteJobs:
         with self._lock:
             self._jobs[p.job_id] = job
             self.approved[p.job_id] = (p.owner, p.purpose, p.dataset)
-        threading.Thread(target=self._work, args=(job,), name=f"job-{p.job_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(job,), name=f"job-{p.job_id}", daemon=True
+        ).start()
         return True, "approved", fingerprint
 
     def _has_open_reservation(self, dataset: str, job_id: str) -> bool:
@@ -187,9 +225,14 @@ class SiteJobs:
                     self.send(session_pb2.SiteMessage(task_reply=chunk))
             except InsituError as e:
                 log.warning("job %s: reply not sent: %s", job.job_id, e.detail)
-                self.audit("job.reply_refused", {"job_id": job.job_id,
-                                                 "code_sha256": job.code_sha256,
-                                                 "reason": e.detail[:200]})
+                self.audit(
+                    "job.reply_refused",
+                    {
+                        "job_id": job.job_id,
+                        "code_sha256": job.code_sha256,
+                        "reason": e.detail[:200],
+                    },
+                )
         job.runner.close()
 
     def _charge_dp(self, job: _Job, reply: ProtoMessage) -> None:
@@ -211,8 +254,9 @@ class SiteJobs:
         self.guard.forget_job(job_id)
         if job.dp_epsilon > 0:
             self.ledger.release(job.dataset, job_id)
-        self.audit("job.end", {"job_id": job_id, "code_sha256": job.code_sha256,
-                               "outcome": outcome[:32]})
+        self.audit(
+            "job.end", {"job_id": job_id, "code_sha256": job.code_sha256, "outcome": outcome[:32]}
+        )
 
     def job_dataset(self, job_id: str) -> str | None:
         with self._lock:

@@ -66,7 +66,9 @@ class PseudonymHolder:
     def get(self) -> bytes:
         with self._lock:
             if self._key is None:
-                raise InsituError(ErrorCode.UNAVAILABLE, "no pseudonym key from the coordinator yet")
+                raise InsituError(
+                    ErrorCode.UNAVAILABLE, "no pseudonym key from the coordinator yet"
+                )
             return self._key
 
 
@@ -77,10 +79,20 @@ class _Waiter:
 
 
 class SiteReleases:
-    def __init__(self, *, site_dir: Path, site_id: str, datasets: DatasetRegistry,
-                 ledger: PrivacyLedger, signer: LocalSigner, guard: EgressGuard,
-                 pseudonyms: PseudonymHolder, send: Send, audit: Audit,
-                 job_dataset: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        *,
+        site_dir: Path,
+        site_id: str,
+        datasets: DatasetRegistry,
+        ledger: PrivacyLedger,
+        signer: LocalSigner,
+        guard: EgressGuard,
+        pseudonyms: PseudonymHolder,
+        send: Send,
+        audit: Audit,
+        job_dataset: Callable[[str], str | None],
+    ) -> None:
         self.site_dir = site_dir
         self.site_id = site_id
         self.datasets = datasets
@@ -97,43 +109,70 @@ class SiteReleases:
     def spec(self, dataset: str) -> DatasetSpec:
         ds = self.datasets.get_dataset(dataset)
         if ds.policy is None:
-            raise InsituError(ErrorCode.FAILED_PRECONDITION,
-                              f"dataset {dataset} has no de-identification policy")
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION, f"dataset {dataset} has no de-identification policy"
+            )
         return DatasetSpec(ds.name, ds.path, ds.format, ds.policy)
 
     def release(self, dataset: str, job_id: str, approver: str) -> site_pb2.ReleaseFeaturesResponse:
         if self.job_dataset(job_id) != dataset:
-            raise InsituError(ErrorCode.FAILED_PRECONDITION,
-                              f"job {job_id} was not approved here for dataset {dataset}")
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"job {job_id} was not approved here for dataset {dataset}",
+            )
         loaded = load_dataset(self.spec(dataset))
         release_id = uuid.uuid4().hex
-        rel = prepare_release(loaded.frame, loaded.policy,
-                              pseudonym_key=self.pseudonyms.get(), approver=approver,
-                              dataset_fingerprint=loaded.fingerprint,
-                              rng=np.random.default_rng())
+        rel = prepare_release(
+            loaded.frame,
+            loaded.policy,
+            pseudonym_key=self.pseudonyms.get(),
+            approver=approver,
+            dataset_fingerprint=loaded.fingerprint,
+            rng=np.random.default_rng(),
+        )
         att = rel.attestation
         eps = float(att.get("epsilon_charged", 0.0))
         if eps > 0:  # Laplace noise spends the dataset's budget; refused if over it
             self.ledger.reserve(dataset, release_id, eps)
             self.ledger.charge(dataset, release_id, eps)
         signed = sign_attestation(att, self.signer.sign, f"site/{self.site_id}")
-        self.audit("features.release", {
-            "release_id": release_id, "dataset": dataset, "job_id": job_id,
-            "policy_hash": att["policy_hash"], "rows_in": att["rows_in"],
-            "rows_out": att["rows_out"], "k_achieved": att["k_achieved"],
-            "epsilon_charged": str(eps), "batch_sha256": att["batch_sha256"],
-            "attestation_signature": base64.b64encode(signed.signature).decode(),
-        })
+        self.audit(
+            "features.release",
+            {
+                "release_id": release_id,
+                "dataset": dataset,
+                "job_id": job_id,
+                "policy_hash": att["policy_hash"],
+                "rows_in": att["rows_in"],
+                "rows_out": att["rows_out"],
+                "k_achieved": att["k_achieved"],
+                "epsilon_charged": str(eps),
+                "batch_sha256": att["batch_sha256"],
+                "attestation_signature": base64.b64encode(signed.signature).decode(),
+            },
+        )
         self._ship(release_id, job_id, dataset, signed, rel.batch, loaded.policy.hash)
         return site_pb2.ReleaseFeaturesResponse(
-            release_id=release_id, rows_in=int(att["rows_in"]), rows_out=int(att["rows_out"]),
-            k_achieved=int(att["k_achieved"]), epsilon_charged=eps,
-            policy_hash=str(att["policy_hash"]))
+            release_id=release_id,
+            rows_in=int(att["rows_in"]),
+            rows_out=int(att["rows_out"]),
+            k_achieved=int(att["k_achieved"]),
+            epsilon_charged=eps,
+            policy_hash=str(att["policy_hash"]),
+        )
 
-    def _ship(self, release_id: str, job_id: str, dataset: str, signed: SignedAttestation,
-              batch: bytes, policy_hash: str) -> None:
-        self.guard.check_feature_batch(release_id, signed, batch, self.signer.public_key,
-                                       policy_hash)
+    def _ship(
+        self,
+        release_id: str,
+        job_id: str,
+        dataset: str,
+        signed: SignedAttestation,
+        batch: bytes,
+        policy_hash: str,
+    ) -> None:
+        self.guard.check_feature_batch(
+            release_id, signed, batch, self.signer.public_key, policy_hash
+        )
         waiter = _Waiter(threading.Event())
         with self._lock:
             self._waiters[release_id] = waiter
@@ -141,14 +180,25 @@ class SiteReleases:
             view = memoryview(batch)
             n = max(1, -(-len(batch) // CHUNK))
             for i in range(n):
-                self.send(session_pb2.SiteMessage(feature_batch=session_pb2.FeatureChunk(
-                    release_id=release_id, seq=i, last=i == n - 1, job_id=job_id,
-                    dataset=dataset, total_bytes=len(batch),
-                    attestation=signed.payload if i == 0 else b"",
-                    signature=signed.signature if i == 0 else b"",
-                    content=bytes(view[i * CHUNK:(i + 1) * CHUNK]))))
+                self.send(
+                    session_pb2.SiteMessage(
+                        feature_batch=session_pb2.FeatureChunk(
+                            release_id=release_id,
+                            seq=i,
+                            last=i == n - 1,
+                            job_id=job_id,
+                            dataset=dataset,
+                            total_bytes=len(batch),
+                            attestation=signed.payload if i == 0 else b"",
+                            signature=signed.signature if i == 0 else b"",
+                            content=bytes(view[i * CHUNK : (i + 1) * CHUNK]),
+                        )
+                    )
+                )
             if not waiter.event.wait(ACK_TIMEOUT_S):
-                raise InsituError(ErrorCode.DEADLINE_EXCEEDED, "the coordinator did not acknowledge")
+                raise InsituError(
+                    ErrorCode.DEADLINE_EXCEEDED, "the coordinator did not acknowledge"
+                )
         finally:
             with self._lock:
                 self._waiters.pop(release_id, None)

@@ -57,10 +57,17 @@ Inbound = Callable[[session_pb2.CoordinatorMessage], None]
 class _Stream:
     """One Connect call on its own channel. Every message it sends passes the guard."""
 
-    def __init__(self, s: SiteSettings, creds: Credentials, guard: EgressGuard,
-                 on_inbound: Inbound | None, replaces: str = "",
-                 attestation_key: bytes = b"", audit_key: bytes = b"",
-                 witnessed_size: int = 0) -> None:
+    def __init__(
+        self,
+        s: SiteSettings,
+        creds: Credentials,
+        guard: EgressGuard,
+        on_inbound: Inbound | None,
+        replaces: str = "",
+        attestation_key: bytes = b"",
+        audit_key: bytes = b"",
+        witnessed_size: int = 0,
+    ) -> None:
         self.attestation_key = attestation_key
         self.audit_key = audit_key
         self.witnessed_size = witnessed_size
@@ -144,9 +151,14 @@ class _Stream:
 class SiteSession:
     """Supervises the session stream until :meth:`stop`."""
 
-    def __init__(self, settings: SiteSettings, guard: EgressGuard | None = None,
-                 on_inbound: Inbound | None = None, attestation_key: bytes = b"",
-                 audit_key: bytes = b"") -> None:
+    def __init__(
+        self,
+        settings: SiteSettings,
+        guard: EgressGuard | None = None,
+        on_inbound: Inbound | None = None,
+        attestation_key: bytes = b"",
+        audit_key: bytes = b"",
+    ) -> None:
         self.settings = settings
         self.attestation_key = attestation_key
         self.audit_key = audit_key
@@ -185,9 +197,15 @@ class SiteSession:
         while not self._stop.is_set():
             creds = Credentials.load(self.settings.tls_dir)
             self._note_cert(creds)
-            stream = _Stream(self.settings, creds, self.guard, self.on_inbound,
-                             attestation_key=self.attestation_key, audit_key=self.audit_key,
-                             witnessed_size=self.witnessed_size())
+            stream = _Stream(
+                self.settings,
+                creds,
+                self.guard,
+                self.on_inbound,
+                attestation_key=self.attestation_key,
+                audit_key=self.audit_key,
+                witnessed_size=self.witnessed_size(),
+            )
             stream.start()
             if not self._await_welcome(stream):
                 self._fail(stream)
@@ -286,9 +304,16 @@ class SiteSession:
             log.error("renewed certificate names another identity; keeping the old one")
             return None
         creds.save(self.settings.tls_dir)
-        new = _Stream(self.settings, creds, self.guard, self.on_inbound,
-                      replaces=old.session_id, attestation_key=self.attestation_key,
-                      audit_key=self.audit_key, witnessed_size=self.witnessed_size())
+        new = _Stream(
+            self.settings,
+            creds,
+            self.guard,
+            self.on_inbound,
+            replaces=old.session_id,
+            attestation_key=self.attestation_key,
+            audit_key=self.audit_key,
+            witnessed_size=self.witnessed_size(),
+        )
         new.start()
         if not new.welcomed.wait(WELCOME_TIMEOUT_S):
             new.close()

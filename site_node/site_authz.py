@@ -51,8 +51,16 @@ class SiteAuthState:
         out = []
         for b in sync.bindings:
             if b.principal == uri:
-                out.append(RoleBinding(b.principal, b.role, b.site or None, b.org or None,
-                                       b.not_before_unix or None, b.not_after_unix or None))
+                out.append(
+                    RoleBinding(
+                        b.principal,
+                        b.role,
+                        b.site or None,
+                        b.org or None,
+                        b.not_before_unix or None,
+                        b.not_after_unix or None,
+                    )
+                )
         return out
 
     def model(self, name: str) -> Resource:
@@ -62,25 +70,41 @@ class SiteAuthState:
             raise InsituError(ErrorCode.NOT_FOUND, f"model {name!r} is not known here")
         grantees = [SpiffeId.parse(g.principal) for g in sync.grants if g.model == name]
         owner = SpiffeId.parse(sync.model_owners[name])
-        return Resource("Model", name, {
-            "owner": EntityRef("User", owner.name), "org": EntityRef("Org", "none"),
-            "grantees": [EntityRef("User", g.name) for g in grantees
-                         if g.kind is IdentityKind.USER],
-            "service_grantees": [EntityRef("Service", g.name) for g in grantees
-                                 if g.kind is IdentityKind.SERVICE],
-        })
+        return Resource(
+            "Model",
+            name,
+            {
+                "owner": EntityRef("User", owner.name),
+                "org": EntityRef("Org", "none"),
+                "grantees": [
+                    EntityRef("User", g.name) for g in grantees if g.kind is IdentityKind.USER
+                ],
+                "service_grantees": [
+                    EntityRef("Service", g.name) for g in grantees if g.kind is IdentityKind.SERVICE
+                ],
+            },
+        )
 
 
 class SiteAuthorizer:
-    def __init__(self, policy_dir: Path, local_dir: Path | None, trust_domain: str,
-                 state: SiteAuthState, site_id: str) -> None:
-        self.engine = PolicyEngine.load_or_deny_all(policy_dir, local_dir,
-                                                    trust_domain=trust_domain)
+    def __init__(
+        self,
+        policy_dir: Path,
+        local_dir: Path | None,
+        trust_domain: str,
+        state: SiteAuthState,
+        site_id: str,
+    ) -> None:
+        self.engine = PolicyEngine.load_or_deny_all(
+            policy_dir, local_dir, trust_domain=trust_domain
+        )
         self.state = state
         self.site_id = site_id
         self.release_resource: Callable[[str, str], Resource] | None = None
 
-    def _resource(self, action: str, resource: MethodResource, request: Any) -> Resource | EntityRef:
+    def _resource(
+        self, action: str, resource: MethodResource, request: Any
+    ) -> Resource | EntityRef:
         if action == "predict":
             return self.state.model(resource.id)
         if action == "features.approve":
@@ -91,21 +115,31 @@ class SiteAuthorizer:
             return EntityRef("Federation", "federation")
         return EntityRef(resource.type, resource.id or self.site_id)
 
-    def authorize(self, principal: Principal, action: str, resource: MethodResource,
-                  context: dict[str, Any]) -> Decision:
+    def authorize(
+        self, principal: Principal, action: str, resource: MethodResource, context: dict[str, Any]
+    ) -> Decision:
         try:
             res = self._resource(action, resource, context.get("request"))
         except InsituError as e:
-            if e.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT,
-                          ErrorCode.FAILED_PRECONDITION):
+            if e.code in (
+                ErrorCode.NOT_FOUND,
+                ErrorCode.INVALID_ARGUMENT,
+                ErrorCode.FAILED_PRECONDITION,
+            ):
                 raise
             raise
         ctx: dict[str, Any] = {"now": int(time.time())}
         if context.get("emergency_access"):
             ctx.update(emergency_access=True, reason=context.get("reason", ""))
-        return self.engine.authorize(AuthzRequest(
-            principal=principal, bindings=self.state.bindings(principal.spiffe_id.uri),
-            action=action, resource=res, context=ctx))
+        return self.engine.authorize(
+            AuthzRequest(
+                principal=principal,
+                bindings=self.state.bindings(principal.spiffe_id.uri),
+                action=action,
+                resource=res,
+                context=ctx,
+            )
+        )
 
     def guard_model(self, principal: Principal, model: str) -> None:
         """Per-model check for streams (the interceptor sees no model on a client stream)."""

@@ -26,9 +26,17 @@ Audit = Callable[[str, dict[str, Any]], None]
 
 
 class SiteWitness:
-    def __init__(self, site_dir: Path, site_id: str, coordinator_key: bytes,
-                 signer: LocalSigner, audit_log: AuditLog, send: Send, audit: Audit,
-                 interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        site_dir: Path,
+        site_id: str,
+        coordinator_key: bytes,
+        signer: LocalSigner,
+        audit_log: AuditLog,
+        send: Send,
+        audit: Audit,
+        interval_s: float = 5.0,
+    ) -> None:
         self.dir = site_dir / "witness"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.site_id = site_id
@@ -61,10 +69,15 @@ class SiteWitness:
                 return False
             try:
                 cosigned = witness_checkpoint(
-                    offer.note, log_key_name=COORDINATOR_AUDIT_KEY_NAME,
-                    log_public_key=self.coordinator_key, last_seen=last,
-                    proof=list(offer.proof), witness_name=f"site/{self.site_id}",
-                    signer=self.signer.sign, witness_public_key=self.signer.public_key)
+                    offer.note,
+                    log_key_name=COORDINATOR_AUDIT_KEY_NAME,
+                    log_public_key=self.coordinator_key,
+                    last_seen=last,
+                    proof=list(offer.proof),
+                    witness_name=f"site/{self.site_id}",
+                    signer=self.signer.sign,
+                    witness_public_key=self.signer.public_key,
+                )
             except InsituError as e:
                 evidence = self.dir / "refused"
                 evidence.mkdir(exist_ok=True)
@@ -76,8 +89,11 @@ class SiteWitness:
             tmp.write_text(cosigned)
             tmp.replace(self.dir / "coordinator.note")
         size = int(offer.note.splitlines()[1])
-        self.send(session_pb2.SiteMessage(witness=session_pb2.WitnessNote(
-            kind="cosignature", note=cosigned, size=size)))
+        self.send(
+            session_pb2.SiteMessage(
+                witness=session_pb2.WitnessNote(kind="cosignature", note=cosigned, size=size)
+            )
+        )
         return True
 
     def send_own_checkpoint(self) -> None:
@@ -85,8 +101,13 @@ class SiteWitness:
         if cp is None or cp.size <= self._sent_size:
             return
         try:
-            self.send(session_pb2.SiteMessage(witness=session_pb2.WitnessNote(
-                kind="site_checkpoint", note=cp.note, size=cp.size)))
+            self.send(
+                session_pb2.SiteMessage(
+                    witness=session_pb2.WitnessNote(
+                        kind="site_checkpoint", note=cp.note, size=cp.size
+                    )
+                )
+            )
             self._sent_size = cp.size
         except InsituError:
             pass  # not connected: the next round sends it

@@ -172,8 +172,10 @@ def role_grant(
     site: Annotated[str, typer.Option(help="site scope (site_admin, data_steward)")] = "",
     org: Annotated[str, typer.Option(help="org scope (ml_engineer)")] = "",
     valid_for: Annotated[str | None, typer.Option(help="e.g. 30d; default unbounded")] = None,
-    coordinator: Coordinator = None, identity: Identity = None,
-    trust_domain: TrustDomain = None, config: Config = None,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
 ) -> None:
     """Grant ROLE to PRINCIPAL (audited; nobody may grant themselves)."""
     import time as _time
@@ -181,17 +183,24 @@ def role_grant(
     not_after = int(_time.time()) + parse_duration(valid_for) if valid_for else 0
     with connect(coordinator, identity, trust_domain, config) as c:
         b = c.grant_role(principal, role, site=site, org=org, not_after=not_after)
-    console.print(f"granted {b.role} to {b.principal}" + (f" at {b.site}" if b.site else "")
-                  + (f" in {b.org}" if b.org else ""))
+    console.print(
+        f"granted {b.role} to {b.principal}"
+        + (f" at {b.site}" if b.site else "")
+        + (f" in {b.org}" if b.org else "")
+    )
 
 
 @role_app.command("revoke")
 @cli_errors
 def role_revoke(
-    principal: str, role: str,
-    site: Annotated[str, typer.Option()] = "", org: Annotated[str, typer.Option()] = "",
-    coordinator: Coordinator = None, identity: Identity = None,
-    trust_domain: TrustDomain = None, config: Config = None,
+    principal: str,
+    role: str,
+    site: Annotated[str, typer.Option()] = "",
+    org: Annotated[str, typer.Option()] = "",
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
 ) -> None:
     """Remove one role binding."""
     with connect(coordinator, identity, trust_domain, config) as c:
@@ -203,16 +212,19 @@ def role_revoke(
 @cli_errors
 def role_list(
     principal: Annotated[str, typer.Option(help="only this SPIFFE id")] = "",
-    coordinator: Coordinator = None, identity: Identity = None,
-    trust_domain: TrustDomain = None, config: Config = None,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
 ) -> None:
     """List role bindings."""
     with connect(coordinator, identity, trust_domain, config) as c:
         rows = c.list_roles(principal)
     table = Table("principal", "role", "site", "org", "not after", "granted by")
     for b in rows:
-        table.add_row(b.principal, b.role, b.site, b.org, str(b.not_after_unix or "-"),
-                      b.granted_by)
+        table.add_row(
+            b.principal, b.role, b.site, b.org, str(b.not_after_unix or "-"), b.granted_by
+        )
     console.print(table)
 
 
@@ -220,9 +232,14 @@ def role_list(
 @cli_errors
 def policy_check(
     directory: Annotated[Path, typer.Argument(help="policy folder (schema + *.cedar)")] = Path(
-        "policies/rbac"),
-    local_dir: Annotated[Path | None, typer.Option(help="a site's local (forbid-only) policies")] = None,
-    tests_dir: Annotated[Path | None, typer.Option(help="policy test table (default: DIR/tests)")] = None,
+        "policies/rbac"
+    ),
+    local_dir: Annotated[
+        Path | None, typer.Option(help="a site's local (forbid-only) policies")
+    ] = None,
+    tests_dir: Annotated[
+        Path | None, typer.Option(help="policy test table (default: DIR/tests)")
+    ] = None,
 ) -> None:
     """Validate the policies against the schema and run the policy test table."""
     from insitu.authz import check_policies
@@ -232,16 +249,22 @@ def policy_check(
         raise InsituError(ErrorCode.POLICY_INVALID, report.error)
     for f in report.failures:
         console.print(f"[red]FAIL[/red] {f}")
-    console.print(f"policy set {report.policy_hash[:16]}…: {report.cases} cases, "
-                  f"{len(report.failures)} failed")
+    console.print(
+        f"policy set {report.policy_hash[:16]}…: {report.cases} cases, "
+        f"{len(report.failures)} failed"
+    )
     if report.failures:
         raise typer.Exit(1)
 
 
 @policy_app.command("reload")
 @cli_errors
-def policy_reload(coordinator: Coordinator = None, identity: Identity = None,
-                  trust_domain: TrustDomain = None, config: Config = None) -> None:
+def policy_reload(
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
     """Ask the coordinator to re-read its policies (atomic; a bad set is refused)."""
     with connect(coordinator, identity, trust_domain, config) as c:
         old, new = c.reload_policy()
@@ -263,25 +286,38 @@ def job_submit(
     dp_epsilon: Annotated[float, typer.Option()] = 0.0,
     config_kv: Annotated[list[str] | None, typer.Option("--config-kv", help="KEY=VALUE")] = None,
     watch: Annotated[bool, typer.Option(help="follow the rounds")] = True,
-    coordinator: Coordinator = None, identity: Identity = None,
-    trust_domain: TrustDomain = None, config: Config = None,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
 ) -> None:
     """Submit a Flower app as a federated job (sites approve its code hash first)."""
     targets = dict(_kv(x, "--site") for x in site)
     run_config = dict(_kv(x, "--config-kv") for x in (config_kv or []))
     with connect(coordinator, identity, trust_domain, config) as c:
-        job = c.submit_job(app_ref, targets, rounds=rounds, strategy=strategy,
-                           min_sites=min_sites, round_timeout_s=parse_duration(round_timeout),
-                           model_name=model_name, purpose=purpose, run_config=run_config,
-                           dp_noise_multiplier=dp_noise_multiplier, dp_epsilon=dp_epsilon)
+        job = c.submit_job(
+            app_ref,
+            targets,
+            rounds=rounds,
+            strategy=strategy,
+            min_sites=min_sites,
+            round_timeout_s=parse_duration(round_timeout),
+            model_name=model_name,
+            purpose=purpose,
+            run_config=run_config,
+            dp_noise_multiplier=dp_noise_multiplier,
+            dp_epsilon=dp_epsilon,
+        )
         console.print(f"job {job.job_id} submitted (code sha256 {job.code_sha256[:16]}…)")
         if watch:
             from insitu.cli.progress import follow_job
 
             final = follow_job(c, job.job_id, rounds, console)
             if final.state != 3:
-                raise InsituError(ErrorCode.FAILED_PRECONDITION,
-                                  f"job ended in state {final.state}: {final.error}")
+                raise InsituError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"job ended in state {final.state}: {final.error}",
+                )
 
 
 def _kv(text: str, flag: str) -> tuple[str, str]:
@@ -293,16 +329,26 @@ def _kv(text: str, flag: str) -> tuple[str, str]:
 
 @model_app.command("list")
 @cli_errors
-def model_list(coordinator: Coordinator = None, identity: Identity = None,
-               trust_domain: TrustDomain = None, config: Config = None) -> None:
+def model_list(
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
     """Models you may read, with their lineage."""
     with connect(coordinator, identity, trust_domain, config) as c:
         models = c.list_models()
     table = Table("name", "version", "job", "sites", "rounds", "metrics")
     for m in models:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(m.lineage.metrics.items()))
-        table.add_row(m.name, m.version, m.lineage.job_id, ",".join(m.lineage.sites),
-                      str(m.lineage.rounds), metrics)
+        table.add_row(
+            m.name,
+            m.version,
+            m.lineage.job_id,
+            ",".join(m.lineage.sites),
+            str(m.lineage.rounds),
+            metrics,
+        )
     console.print(table)
 
 

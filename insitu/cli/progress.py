@@ -14,8 +14,14 @@ __all__ = ["follow_job"]
 
 def follow_job(client: Client, job_id: str, rounds: int, console: Console) -> jobs_pb2.Job:
     final = client.get_job(job_id)
-    with Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]federated rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("rounds", total=rounds)
         for ev in client.watch_job(job_id):
             if ev.HasField("snapshot"):
@@ -25,7 +31,8 @@ def follow_job(client: Client, job_id: str, rounds: int, console: Console) -> jo
             metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r.metrics.items()))
             failed = f"  [red]failed: {', '.join(r.sites_failed)}[/red]" if r.sites_failed else ""
             progress.console.print(
-                f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}  {metrics}{failed}")
+                f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}  {metrics}{failed}"
+            )
             if r.phase == "evaluate":
                 progress.update(task, completed=r.round)
     return final

@@ -42,8 +42,13 @@ class RpcAuditor:
         if principal is None:
             return Actor(spiffe_id=None, auth_method="none")
         site = principal.name if principal.kind.value == "site" else None
-        return Actor(spiffe_id=principal.spiffe_id.uri, auth_method=principal.auth_method,
-                     cert_fingerprint=principal.cert_fingerprint, role=role, site=site)
+        return Actor(
+            spiffe_id=principal.spiffe_id.uri,
+            auth_method=principal.auth_method,
+            cert_fingerprint=principal.cert_fingerprint,
+            role=role,
+            site=site,
+        )
 
     def _resource(self, call: Call) -> AuditResource:
         r = call.attributes.get("resource")
@@ -55,43 +60,72 @@ class RpcAuditor:
         d = call.attributes.get("authz")
         if d is None:
             return None
-        return AuthzInfo("allow" if d.allowed else "deny", d.policy_hash or None,
-                         tuple(d.policy_ids))
+        return AuthzInfo(
+            "allow" if d.allowed else "deny", d.policy_hash or None, tuple(d.policy_ids)
+        )
 
-    def record_call(self, call: Call, event: str, outcome: str, reason: str | None = None,
-                    *, break_glass: bool = False) -> None:
+    def record_call(
+        self,
+        call: Call,
+        event: str,
+        outcome: str,
+        reason: str | None = None,
+        *,
+        break_glass: bool = False,
+    ) -> None:
         rule = call.attributes.get("rule")
-        self.log.append(AuditRecord(
-            event_type=event,
-            actor=self._actor(call.attributes.get("principal")),
-            action=rule.action if rule is not None else call.method,
-            resource=self._resource(call),
-            outcome=outcome,
-            origin=Origin(node=self.node, peer=call.peer),
-            reason_code=reason,
-            correlation_id=call.correlation_id,
-            authz=self._authz(call),
-            break_glass=break_glass,
-            attrs=_attrs({"method": call.method, **call.attributes.get("notes", {})}),
-        ))
+        self.log.append(
+            AuditRecord(
+                event_type=event,
+                actor=self._actor(call.attributes.get("principal")),
+                action=rule.action if rule is not None else call.method,
+                resource=self._resource(call),
+                outcome=outcome,
+                origin=Origin(node=self.node, peer=call.peer),
+                reason_code=reason,
+                correlation_id=call.correlation_id,
+                authz=self._authz(call),
+                break_glass=break_glass,
+                attrs=_attrs({"method": call.method, **call.attributes.get("notes", {})}),
+            )
+        )
 
-    def event(self, event: str, action: str, resource: tuple[str, str], *,
-              outcome: str = Outcome.SUCCESS, principal: Principal | None = None,
-              reason: str | None = None, attrs: Mapping[str, Any] | None = None) -> None:
+    def event(
+        self,
+        event: str,
+        action: str,
+        resource: tuple[str, str],
+        *,
+        outcome: str = Outcome.SUCCESS,
+        principal: Principal | None = None,
+        reason: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
         """A domain event outside the RPC path (a round, a release, a rotation)."""
-        self.log.append(AuditRecord(
-            event_type=event, actor=self._actor(principal), action=action,
-            resource=AuditResource(*resource), outcome=outcome,
-            origin=Origin(node=self.node), reason_code=reason, attrs=_attrs(attrs or {}),
-        ))
+        self.log.append(
+            AuditRecord(
+                event_type=event,
+                actor=self._actor(principal),
+                action=action,
+                resource=AuditResource(*resource),
+                outcome=outcome,
+                origin=Origin(node=self.node),
+                reason_code=reason,
+                attrs=_attrs(attrs or {}),
+            )
+        )
 
 
 def _outcome_of(exc: BaseException | None) -> tuple[str, str | None]:
     if exc is None:
         return Outcome.SUCCESS, None
     if isinstance(exc, InsituError):
-        denied = exc.code in (ErrorCode.PERMISSION_DENIED, ErrorCode.UNAUTHENTICATED,
-                              ErrorCode.CERT_REVOKED, ErrorCode.SITE_REVOKED)
+        denied = exc.code in (
+            ErrorCode.PERMISSION_DENIED,
+            ErrorCode.UNAUTHENTICATED,
+            ErrorCode.CERT_REVOKED,
+            ErrorCode.SITE_REVOKED,
+        )
         return (Outcome.DENIED if denied else Outcome.FAILURE), exc.code.value
     return Outcome.FAILURE, "internal"
 

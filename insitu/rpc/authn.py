@@ -8,6 +8,7 @@ time of the call, and revocation (CRL) on every call. Identity reaches handlers 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from collections import OrderedDict
@@ -126,10 +127,8 @@ class AuthnLayer(Layer):
             principal = self.authenticator.from_context(call.context)
         except InsituError as e:
             if self.on_failure is not None:
-                try:
+                with contextlib.suppress(InsituError):  # refused either way
                     self.on_failure(call, e)
-                except InsituError:
-                    pass  # refused either way
             raise
         call.attributes["principal"] = principal
         return principal

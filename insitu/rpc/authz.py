@@ -6,6 +6,7 @@ pluggable :class:`Authorizer` then decides on principal, action and resource.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,8 +42,15 @@ class DecisionLike(Protocol):
 
 
 class DenialRecorder(Protocol):
-    def record_call(self, call: Call, event: str, outcome: str, reason: str | None = None,
-                    *, break_glass: bool = False) -> None: ...
+    def record_call(
+        self,
+        call: Call,
+        event: str,
+        outcome: str,
+        reason: str | None = None,
+        *,
+        break_glass: bool = False,
+    ) -> None: ...
 
 
 class Authorizer(Protocol):
@@ -95,23 +103,23 @@ class AuthzLayer(Layer):
             except InsituError as e:
                 # A malformed or unknown target: answered precisely, and still audited.
                 if self.recorder is not None:
-                    try:
+                    with contextlib.suppress(InsituError):
                         self.recorder.record_call(call, "rpc.rejected", "failure", e.code.value)
-                    except InsituError:
-                        pass
                 raise
         call.attributes["authz"] = decision
         if decision.break_glass and self.recorder is not None:
             # Break-glass is always loudly audited, allowed or not, and must be durable.
-            self.recorder.record_call(call, "break_glass",
-                                      "success" if decision.allowed else "denied",
-                                      "emergency_access", break_glass=True)
+            self.recorder.record_call(
+                call,
+                "break_glass",
+                "success" if decision.allowed else "denied",
+                "emergency_access",
+                break_glass=True,
+            )
         if not decision.allowed:
             if self.recorder is not None:
-                try:
+                with contextlib.suppress(InsituError):  # the call is refused either way
                     self.recorder.record_call(call, "authz.decision", "denied", "policy")
-                except InsituError:
-                    pass  # the call is refused either way
             raise InsituError(ErrorCode.PERMISSION_DENIED, decision.reason or rule.action)
 
 

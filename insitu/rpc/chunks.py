@@ -18,18 +18,29 @@ __all__ = ["CHUNK_BYTES", "Assembled", "Reassembler", "split_message"]
 CHUNK_BYTES = 1 << 20
 
 
-def split_message(job_id: str, message_id: str, metadata: bytes, content: bytes | None,
-                  error: bytes | None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[session_pb2.TaskChunk]:
+def split_message(
+    job_id: str,
+    message_id: str,
+    metadata: bytes,
+    content: bytes | None,
+    error: bytes | None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[session_pb2.TaskChunk]:
     """Yield the chunks of one message; the first carries metadata (and the error)."""
     payload = memoryview(content or b"")
     total = len(payload)
     n = max(1, -(-total // chunk_bytes))
     for i in range(n):
-        part = payload[i * chunk_bytes:(i + 1) * chunk_bytes]
+        part = payload[i * chunk_bytes : (i + 1) * chunk_bytes]
         yield session_pb2.TaskChunk(
-            job_id=job_id, message_id=message_id, seq=i, last=(i == n - 1),
-            metadata=metadata if i == 0 else b"", content=bytes(part),
-            error=(error or b"") if i == 0 else b"", total_bytes=total,
+            job_id=job_id,
+            message_id=message_id,
+            seq=i,
+            last=(i == n - 1),
+            metadata=metadata if i == 0 else b"",
+            content=bytes(part),
+            error=(error or b"") if i == 0 else b"",
+            total_bytes=total,
         )
 
 
@@ -66,9 +77,10 @@ class Reassembler:
             if p is not None:
                 raise InsituError(ErrorCode.INVALID_ARGUMENT, "message restarted mid-stream")
             if chunk.total_bytes > self.max_message_bytes:
-                raise InsituError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"message of {chunk.total_bytes} bytes exceeds "
-                                  f"{self.max_message_bytes}")
+                raise InsituError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"message of {chunk.total_bytes} bytes exceeds {self.max_message_bytes}",
+                )
             if len(self._partials) >= self.max_partials:
                 raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, "too many messages in flight")
             p = _Partial(chunk.metadata, chunk.error, chunk.total_bytes)
@@ -87,5 +99,10 @@ class Reassembler:
         if p.received != p.total:
             raise InsituError(ErrorCode.INVALID_ARGUMENT, "fewer bytes than announced")
         content = b"".join(p.parts) if p.parts and p.total else b""
-        return Assembled(chunk.job_id, chunk.message_id, p.metadata,
-                         content if not p.error else None, p.error or None)
+        return Assembled(
+            chunk.job_id,
+            chunk.message_id,
+            p.metadata,
+            content if not p.error else None,
+            p.error or None,
+        )

@@ -15,11 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from insitu.errors import InsituError
 from insitu.identity.credentials import Credentials
+from insitu.rpc.audit import AuditLayer, RpcAuditor
 from insitu.rpc.authn import Authenticator, AuthnLayer
 from insitu.rpc.authz import Authorizer, AuthzLayer
-from insitu.errors import InsituError
-from insitu.rpc.audit import AuditLayer, RpcAuditor
 from insitu.rpc.chain import Call, Layer, LayerInterceptor
 from insitu.rpc.errors import ErrorLayer
 from insitu.rpc.methods import METHODS
@@ -79,8 +79,10 @@ def build_server(
     """
     on_authn_failure = None
     if auditor is not None:
+
         def on_authn_failure(call: Call, e: InsituError) -> None:
             auditor.record_call(call, "authn.failure", "denied", e.code.value)
+
     layers: list[Layer] = [
         ErrorLayer(),
         AuthnLayer(authenticator, public_methods=public_methods, on_failure=on_authn_failure),

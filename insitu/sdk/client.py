@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -198,22 +198,45 @@ class Client:
 
     # -- roles and policy ------------------------------------------------------------
 
-    def grant_role(self, principal: str, role: str, *, site: str = "", org: str = "",
-                   not_before: int = 0, not_after: int = 0,
-                   timeout: float | None = None) -> admin_pb2.RoleBinding:
-        b = admin_pb2.RoleBinding(principal=principal, role=role, site=site, org=org,
-                                  not_before_unix=not_before, not_after_unix=not_after)
+    def grant_role(
+        self,
+        principal: str,
+        role: str,
+        *,
+        site: str = "",
+        org: str = "",
+        not_before: int = 0,
+        not_after: int = 0,
+        timeout: float | None = None,
+    ) -> admin_pb2.RoleBinding:
+        b = admin_pb2.RoleBinding(
+            principal=principal,
+            role=role,
+            site=site,
+            org=org,
+            not_before_unix=not_before,
+            not_after_unix=not_after,
+        )
         return self._call(self._admin.GrantRole, b, timeout)
 
-    def revoke_role(self, principal: str, role: str, *, site: str = "", org: str = "",
-                    timeout: float | None = None) -> bool:
+    def revoke_role(
+        self,
+        principal: str,
+        role: str,
+        *,
+        site: str = "",
+        org: str = "",
+        timeout: float | None = None,
+    ) -> bool:
         b = admin_pb2.RoleBinding(principal=principal, role=role, site=site, org=org)
         return bool(self._call(self._admin.RevokeRole, b, timeout).removed)
 
-    def list_roles(self, principal: str = "", *,
-                   timeout: float | None = None) -> list[admin_pb2.RoleBinding]:
-        r = self._call(self._admin.ListRoles, admin_pb2.ListRolesRequest(principal=principal),
-                       timeout)
+    def list_roles(
+        self, principal: str = "", *, timeout: float | None = None
+    ) -> list[admin_pb2.RoleBinding]:
+        r = self._call(
+            self._admin.ListRoles, admin_pb2.ListRolesRequest(principal=principal), timeout
+        )
         return list(r.bindings)
 
     def reload_policy(self, *, timeout: float | None = None) -> tuple[str, str]:
@@ -222,12 +245,24 @@ class Client:
 
     # -- jobs -----------------------------------------------------------------------
 
-    def submit_job(self, app: str | Path, targets: dict[str, str], *, rounds: int = 5,
-                   strategy: str = "fedavg", run_config: dict[str, str | int | float] | None = None,
-                   min_sites: int | None = None, round_timeout_s: int = 600,
-                   dp_noise_multiplier: float = 0.0, dp_max_grad_norm: float = 1.0,
-                   dp_epsilon: float = 0.0, dp_delta: float = 1e-5, purpose: str = "research",
-                   model_name: str = "model", timeout: float | None = None) -> jobs_pb2.Job:
+    def submit_job(
+        self,
+        app: str | Path,
+        targets: dict[str, str],
+        *,
+        rounds: int = 5,
+        strategy: str = "fedavg",
+        run_config: Mapping[str, str | int | float] | None = None,
+        min_sites: int | None = None,
+        round_timeout_s: int = 600,
+        dp_noise_multiplier: float = 0.0,
+        dp_max_grad_norm: float = 1.0,
+        dp_epsilon: float = 0.0,
+        dp_delta: float = 1e-5,
+        purpose: str = "research",
+        model_name: str = "model",
+        timeout: float | None = None,
+    ) -> jobs_pb2.Job:
         """Submit a Flower app (a module path like ``insitu.apps.breast_cancer`` or an app
         folder) to run on ``targets`` ({site_id: dataset}). The app is packed
         deterministically; sites approve its SHA-256 before it runs."""
@@ -236,16 +271,22 @@ class Client:
         app_dir = Path(app) if Path(str(app)).is_dir() else app_from_module(str(app))
         bundle = pack_app(app_dir)
         req = jobs_pb2.SubmitJobRequest(
-            app_bundle=bundle, code_sha256=code_hash(bundle),
+            app_bundle=bundle,
+            code_sha256=code_hash(bundle),
             targets=[jobs_pb2.SiteDataset(site_id=s, dataset=d) for s, d in targets.items()],
-            rounds=rounds, strategy=strategy,
+            rounds=rounds,
+            strategy=strategy,
             run_config={k: str(v) for k, v in (run_config or {}).items()},
             min_sites=min_sites if min_sites is not None else len(targets),
             round_timeout_s=round_timeout_s,
-            dp=session_pb2.DpSettings(noise_multiplier=dp_noise_multiplier,
-                                      max_grad_norm=dp_max_grad_norm, epsilon=dp_epsilon,
-                                      delta=dp_delta),
-            purpose=purpose, model_name=model_name,
+            dp=session_pb2.DpSettings(
+                noise_multiplier=dp_noise_multiplier,
+                max_grad_norm=dp_max_grad_norm,
+                epsilon=dp_epsilon,
+                delta=dp_delta,
+            ),
+            purpose=purpose,
+            model_name=model_name,
         )
         return self._call(self._jobs.SubmitJob, req, timeout or 60)
 
@@ -265,62 +306,93 @@ class Client:
     # -- models -----------------------------------------------------------------------
 
     def list_models(self, *, timeout: float | None = None) -> list[jobs_pb2.ModelSummary]:
-        return list(self._call(self._models.ListModels, jobs_pb2.ListModelsRequest(),
-                               timeout).models)
+        return list(
+            self._call(self._models.ListModels, jobs_pb2.ListModelsRequest(), timeout).models
+        )
 
-    def get_model(self, name: str, version: str = "", *, signing_key: bytes,
-                  timeout: float | None = None) -> ModelArtifact:
+    def get_model(
+        self, name: str, version: str = "", *, signing_key: bytes, timeout: float | None = None
+    ) -> ModelArtifact:
         """Fetch a model and verify its Ed25519 signature (Vault transit ``model-signing``
         public key, 32 raw bytes, obtained out of band) and digests before returning it."""
-        r = self._call(self._models.GetModel,
-                       jobs_pb2.GetModelRequest(name=name, version=version), timeout or 60)
+        r = self._call(
+            self._models.GetModel,
+            jobs_pb2.GetModelRequest(name=name, version=version),
+            timeout or 60,
+        )
         return ModelArtifact.verified(r, signing_key)
 
-
-    def deploy_model(self, name: str, version: str, site_id: str, *,
-                     canary_percent: float = 0.0,
-                     timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
+    def deploy_model(
+        self,
+        name: str,
+        version: str,
+        site_id: str,
+        *,
+        canary_percent: float = 0.0,
+        timeout: float | None = None,
+    ) -> jobs_pb2.DeploymentStatus:
         """Have ``site_id`` fetch, verify and serve (or canary) a signed model version."""
-        return self._call(self._models.DeployModel, jobs_pb2.DeployModelRequest(
-            name=name, version=version, site_id=site_id, canary_percent=canary_percent),
-            timeout or 180)
+        return self._call(
+            self._models.DeployModel,
+            jobs_pb2.DeployModelRequest(
+                name=name, version=version, site_id=site_id, canary_percent=canary_percent
+            ),
+            timeout or 180,
+        )
 
-    def promote_model(self, name: str, site_id: str, *,
-                      timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
-        return self._call(self._models.PromoteModel,
-                          jobs_pb2.ModelControlRequest(name=name, site_id=site_id), timeout)
+    def promote_model(
+        self, name: str, site_id: str, *, timeout: float | None = None
+    ) -> jobs_pb2.DeploymentStatus:
+        return self._call(
+            self._models.PromoteModel,
+            jobs_pb2.ModelControlRequest(name=name, site_id=site_id),
+            timeout,
+        )
 
-    def rollback_model(self, name: str, site_id: str, *,
-                       timeout: float | None = None) -> jobs_pb2.DeploymentStatus:
-        return self._call(self._models.RollbackModel,
-                          jobs_pb2.ModelControlRequest(name=name, site_id=site_id), timeout)
+    def rollback_model(
+        self, name: str, site_id: str, *, timeout: float | None = None
+    ) -> jobs_pb2.DeploymentStatus:
+        return self._call(
+            self._models.RollbackModel,
+            jobs_pb2.ModelControlRequest(name=name, site_id=site_id),
+            timeout,
+        )
 
     def grant_model(self, name: str, principal: str, *, timeout: float | None = None) -> None:
         """Allow ``principal`` (a SPIFFE id with the inference_client role) to predict."""
-        self._call(self._models.GrantModel,
-                   jobs_pb2.GrantModelRequest(name=name, principal=principal), timeout)
-
+        self._call(
+            self._models.GrantModel,
+            jobs_pb2.GrantModelRequest(name=name, principal=principal),
+            timeout,
+        )
 
     # -- feature releases ---------------------------------------------------------------
 
-    def list_releases(self, job_id: str = "", *,
-                      timeout: float | None = None) -> list[features_pb2.ReleaseInfo]:
-        r = self._call(self._features.ListReleases,
-                       features_pb2.ListReleasesRequest(job_id=job_id), timeout)
+    def list_releases(
+        self, job_id: str = "", *, timeout: float | None = None
+    ) -> list[features_pb2.ReleaseInfo]:
+        r = self._call(
+            self._features.ListReleases, features_pb2.ListReleasesRequest(job_id=job_id), timeout
+        )
         return list(r.releases)
 
     def read_release(self, release_id: str, *, timeout: float | None = None) -> Release:
         """Fetch a release and verify its site-signed attestation against the batch."""
         from insitu.attestation import SignedAttestation, verify_attestation
 
-        r = self._call(self._features.ReadRelease,
-                       features_pb2.ReadReleaseRequest(release_id=release_id), timeout or 60)
+        r = self._call(
+            self._features.ReadRelease,
+            features_pb2.ReadReleaseRequest(release_id=release_id),
+            timeout or 60,
+        )
         try:
-            att = verify_attestation(SignedAttestation(r.attestation, r.signature, "site"),
-                                     r.site_key, batch=r.batch)
+            att = verify_attestation(
+                SignedAttestation(r.attestation, r.signature, "site"), r.site_key, batch=r.batch
+            )
         except Exception:
-            raise IntegrityError(grpc.StatusCode.DATA_LOSS,
-                                 "release attestation does not verify") from None
+            raise IntegrityError(
+                grpc.StatusCode.DATA_LOSS, "release attestation does not verify"
+            ) from None
         return Release(r.info, r.batch, att)
 
 
@@ -354,10 +426,12 @@ class ModelArtifact:
         try:
             Ed25519PublicKey.from_public_bytes(signing_key).verify(r.signature, r.manifest)
         except (InvalidSignature, ValueError):
-            raise IntegrityError(grpc.StatusCode.DATA_LOSS,
-                                 "model signature does not verify") from None
+            raise IntegrityError(
+                grpc.StatusCode.DATA_LOSS, "model signature does not verify"
+            ) from None
         manifest = json.loads(r.manifest)
         if hashlib.sha256(r.state).hexdigest() != manifest["state_sha256"] or (
-                r.onnx and hashlib.sha256(r.onnx).hexdigest() != manifest["onnx_sha256"]):
+            r.onnx and hashlib.sha256(r.onnx).hexdigest() != manifest["onnx_sha256"]
+        ):
             raise IntegrityError(grpc.StatusCode.DATA_LOSS, "model bytes do not match the manifest")
         return cls(manifest["name"], manifest["version"], manifest, r.state, r.onnx)

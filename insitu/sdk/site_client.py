@@ -37,8 +37,9 @@ class Prediction:
 def _tensor(name: str, array: np.ndarray) -> site_pb2.Tensor:
     a = np.ascontiguousarray(array)
     if a.dtype.name not in _DTYPES:
-        raise InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"{name}: dtype {a.dtype.name} is not supported")
+        raise InvalidArgument(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{name}: dtype {a.dtype.name} is not supported"
+        )
     return site_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
 
 
@@ -47,13 +48,23 @@ def _array(t: site_pb2.Tensor) -> np.ndarray:
 
 
 class SiteClient:
-    def __init__(self, target: str, cert: str | Path, key: str | Path, ca: str | Path, *,
-                 site_id: str, trust_domain: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        target: str,
+        cert: str | Path,
+        key: str | Path,
+        ca: str | Path,
+        *,
+        site_id: str,
+        trust_domain: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         creds = load_credentials(cert, key, ca)
         self.timeout = timeout
         # The site's certificate carries <site>.site.<td>: only a site-role cert can.
-        self._channel = secure_channel(target, ca_pem=creds.ca_pem, creds=creds,
-                                       server_name=f"{site_id}.site.{trust_domain}")
+        self._channel = secure_channel(
+            target, ca_pem=creds.ca_pem, creds=creds, server_name=f"{site_id}.site.{trust_domain}"
+        )
         self._stub = site_pb2_grpc.SiteApiStub(self._channel)
 
     def close(self) -> None:
@@ -65,22 +76,34 @@ class SiteClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def release_features(self, dataset: str, job_id: str, *,
-                         timeout: float | None = None) -> site_pb2.ReleaseFeaturesResponse:
+    def release_features(
+        self, dataset: str, job_id: str, *, timeout: float | None = None
+    ) -> site_pb2.ReleaseFeaturesResponse:
         """As a data steward of this site: release de-identified features of ``dataset``
         for ``job_id`` (policy applied, k-anonymity enforced, attestation signed)."""
         try:
             return self._stub.ReleaseFeatures(
                 site_pb2.ReleaseFeaturesRequest(dataset=dataset, job_id=job_id),
-                timeout=timeout or 120)
+                timeout=timeout or 120,
+            )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def predict(self, model: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
-                request_id: str = "", timeout: float | None = None) -> Prediction:
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: str = "",
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Prediction:
         req = site_pb2.PredictRequest(
-            model=model, version=version, request_id=request_id,
-            inputs=[_tensor(n, a) for n, a in inputs.items()])
+            model=model,
+            version=version,
+            request_id=request_id,
+            inputs=[_tensor(n, a) for n, a in inputs.items()],
+        )
         try:
             r = self._stub.Predict(req, timeout=timeout or self.timeout)
         except grpc.RpcError as e:

@@ -60,14 +60,26 @@ def user_client(rc: RunningCoordinator, keys: KeyService, name: str, d: Path) ->
     key = generate_private_key()
     cert = keys.sign_csr("user", build_csr(key, sid), uri_sans=[sid.uri], ttl_seconds=3600)
     Credentials(key_to_pem(key), cert.cert_pem, cert.chain_pem, keys.ca_bundle_pem()).save(d)
-    return Client(rc.target, d / "cert.pem", d / "key.pem", d / "ca.pem",
-                  server_name=rc.settings.server_name, timeout=30)
+    return Client(
+        rc.target,
+        d / "cert.pem",
+        d / "key.pem",
+        d / "ca.pem",
+        server_name=rc.settings.server_name,
+        timeout=30,
+    )
 
 
-def start_federation(rc: RunningCoordinator, keys: KeyService, tmp: Path, *,
-                     sites: tuple[str, ...] = SITES, approve: Callable[[str], bool] = lambda s: True,
-                     run: Callable[[str], bool] = lambda s: True,
-                     epsilon_budget: float = 10.0) -> Federation:
+def start_federation(
+    rc: RunningCoordinator,
+    keys: KeyService,
+    tmp: Path,
+    *,
+    sites: tuple[str, ...] = SITES,
+    approve: Callable[[str], bool] = lambda s: True,
+    run: Callable[[str], bool] = lambda s: True,
+    epsilon_budget: float = 10.0,
+) -> Federation:
     csvs = write_site_csvs(tmp / "data", SITES, seed=0)
     bundle_hash = code_hash(pack_app(app_from_module(APP)))
     settings = {}
@@ -75,14 +87,15 @@ def start_federation(rc: RunningCoordinator, keys: KeyService, tmp: Path, *,
         s = enrol_site(rc, site, tmp / site)
         (s.site_dir / "datasets.toml").write_text(
             f'[datasets.bcw]\npath = "{csvs[site]}"\nformat = "csv"\nlabel = "target"\n'
-            f'purposes = ["research"]\nepsilon_budget = {epsilon_budget}\n')
+            f'purposes = ["research"]\nepsilon_budget = {epsilon_budget}\n'
+        )
         if approve(site):
             ApprovedCode(s.site_dir).approve(bundle_hash, "test")
-        settings[site] = load_site_settings(s.site_dir, heartbeat_interval_ms=300,
-                                            backoff_initial_s=0.1, backoff_max_s=1.0)
+        settings[site] = load_site_settings(
+            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
+        )
     with rc.admin() as admin:
-        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer",
-                         org="acme")
+        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer", org="acme")
     eng = user_client(rc, keys, "eve", tmp / "eve")
     fed = Federation(rc, settings, eng, bundle_hash, keys.public_key("model-signing"))
     for site in sites:

@@ -36,8 +36,12 @@ DATASET = "breast-cancer-patients"
 POLICY = default_policy_dir().parent / "deid" / f"{DATASET}.yaml"
 
 
-class _Capture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor,
-               grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor):
+class _Capture(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
     """Records every request message a site process sends on its gRPC channels."""
 
     def __init__(self, sink: list[bytes]) -> None:
@@ -66,14 +70,17 @@ class _Capture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientIntercep
 def _site_frames(tmp: Path) -> tuple[dict[str, Path], list[str]]:
     people = generate_patients(569, seed=3)
     shared = people.iloc[:60]  # the same patients visited both hospitals
-    parts = {"hospital-a": pd.concat([people.iloc[60:320], shared]),
-             "hospital-b": pd.concat([people.iloc[320:], shared])}
+    parts = {
+        "hospital-a": pd.concat([people.iloc[60:320], shared]),
+        "hospital-b": pd.concat([people.iloc[320:], shared]),
+    }
     canaries: list[str] = []
     paths = {}
     for site, frame in parts.items():
         frame = frame.reset_index(drop=True)
-        planted = plant_canaries(frame, IDENTIFIER_COLUMNS["patients"],
-                                 f"CANARY{site[-1].upper()}", per_column=3)
+        planted = plant_canaries(
+            frame, IDENTIFIER_COLUMNS["patients"], f"CANARY{site[-1].upper()}", per_column=3
+        )
         canaries += [c for values in planted.values() for c in values]
         path = tmp / f"{site}.csv"
         frame.to_csv(path, index=False)
@@ -82,9 +89,13 @@ def _site_frames(tmp: Path) -> tuple[dict[str, Path], list[str]]:
 
 
 @pytest.fixture
-def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-        coordinator_settings: CoordinatorSettings, key_service: KeyService, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Federation, list[bytes], list[str]]]:
+def fed(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Federation, list[bytes], list[str]]]:
     captured: list[bytes] = []
     real_channel = site_session.secure_channel
 
@@ -95,10 +106,14 @@ def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
     from site_node import site_api
 
     real_release, real_predict = site_api._SiteApi.ReleaseFeatures, site_api._SiteApi.Predict
-    monkeypatch.setattr(site_api._SiteApi, "ReleaseFeatures", lambda self, r, c: _keep(
-        captured, real_release(self, r, c)))
-    monkeypatch.setattr(site_api._SiteApi, "Predict", lambda self, r, c: _keep(
-        captured, real_predict(self, r, c)))
+    monkeypatch.setattr(
+        site_api._SiteApi,
+        "ReleaseFeatures",
+        lambda self, r, c: _keep(captured, real_release(self, r, c)),
+    )
+    monkeypatch.setattr(
+        site_api._SiteApi, "Predict", lambda self, r, c: _keep(captured, real_predict(self, r, c))
+    )
 
     rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
     paths, canaries = _site_frames(tmp_path)
@@ -108,10 +123,12 @@ def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
         s = enrol_site(rc, site, tmp_path / site)
         (s.site_dir / "datasets.toml").write_text(
             f'[datasets.{DATASET}]\npath = "{paths[site]}"\nformat = "csv"\nlabel = "target"\n'
-            f'purposes = ["research.oncology"]\nepsilon_budget = 10.0\npolicy = "{POLICY}"\n')
+            f'purposes = ["research.oncology"]\nepsilon_budget = 10.0\npolicy = "{POLICY}"\n'
+        )
         ApprovedCode(s.site_dir).approve(app_hash)
-        settings[site] = load_site_settings(s.site_dir, heartbeat_interval_ms=300,
-                                            backoff_initial_s=0.1, backoff_max_s=1.0)
+        settings[site] = load_site_settings(
+            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
+        )
     td = rc.settings.trust_domain
     with rc.admin() as admin:
         admin.grant_role(f"spiffe://{td}/user/eve", "ml_engineer", org="acme")
@@ -138,26 +155,42 @@ def _site_api(fed: Federation, keys: KeyService, user: str, site: str, tmp: Path
     user_client(fed.coord, keys, user, tmp / user).close()
     port = json.loads((fed.settings[site].site_dir / "status.json").read_text())["api_port"]
     d = tmp / user
-    return SiteClient(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem", d / "ca.pem",
-                      site_id=site, trust_domain=fed.coord.settings.trust_domain)
+    return SiteClient(
+        f"127.0.0.1:{port}",
+        d / "cert.pem",
+        d / "key.pem",
+        d / "ca.pem",
+        site_id=site,
+        trust_domain=fed.coord.settings.trust_domain,
+    )
 
 
 @pytest.mark.slow
-def test_release_join_and_no_canary_ever_leaves(fed: tuple[Federation, list[bytes], list[str]],
-                                                key_service: KeyService, tmp_path: Path) -> None:
+def test_release_join_and_no_canary_ever_leaves(
+    fed: tuple[Federation, list[bytes], list[str]], key_service: KeyService, tmp_path: Path
+) -> None:
     f, captured, canaries = fed
     # 1. train on the raw rows, locally (identifier columns are never touched by the app)
-    job = f.engineer.submit_job(APP, {s: DATASET for s in SITES}, rounds=1, model_name="bcwp",
-                                purpose="research.oncology",
-                                run_config={"local-epochs": 1})
+    job = f.engineer.submit_job(
+        APP,
+        {s: DATASET for s in SITES},
+        rounds=1,
+        model_name="bcwp",
+        purpose="research.oncology",
+        run_config={"local-epochs": 1},
+    )
     final = list(f.engineer.watch_job(job.job_id, timeout=300))[-1].snapshot
     assert final.state == 3, final.error
     # 2. releases: only a data steward of that site may release, and only for that site
-    with _site_api(f, key_service, "eve", "hospital-a", tmp_path) as eve_a, \
-            pytest.raises(PermissionDenied):
+    with (
+        _site_api(f, key_service, "eve", "hospital-a", tmp_path) as eve_a,
+        pytest.raises(PermissionDenied),
+    ):
         eve_a.release_features(DATASET, job.job_id)
-    with _site_api(f, key_service, "steward-b", "hospital-a", tmp_path) as wrong, \
-            pytest.raises(PermissionDenied):
+    with (
+        _site_api(f, key_service, "steward-b", "hospital-a", tmp_path) as wrong,
+        pytest.raises(PermissionDenied),
+    ):
         wrong.release_features(DATASET, job.job_id)
     results = {}
     for site in SITES:
@@ -168,8 +201,7 @@ def test_release_join_and_no_canary_ever_leaves(fed: tuple[Federation, list[byte
     # 3. the job's engineer reads both (attestations verified) and joins on the pseudonym
     infos = f.engineer.list_releases(job.job_id)
     assert sorted(i.site_id for i in infos) == list(SITES)
-    tables = {i.site_id: f.engineer.read_release(i.release_id).table().to_pandas()
-              for i in infos}
+    tables = {i.site_id: f.engineer.read_release(i.release_id).table().to_pandas() for i in infos}
     a, b = tables["hospital-a"], tables["hospital-b"]
     assert "patient_name" not in a.columns and "ssn" in a.columns
     joined = a.merge(b, on="ssn")

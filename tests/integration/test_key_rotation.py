@@ -22,22 +22,42 @@ class _Jobs:
     trust_domain = "test.insitu"
 
 
-def test_rotation_and_rewrap_keep_releases_and_models_readable(key_service: KeyService,
-                                                               tmp_path: Path) -> None:
+def test_rotation_and_rewrap_keep_releases_and_models_readable(
+    key_service: KeyService, tmp_path: Path
+) -> None:
     store = CoordinatorStore(tmp_path / "c.db")
     site = LocalSigner.generate()
     store.pin_attestation_key("hospital-a", site.public_key, now=0)
-    intake = FeatureIntake(tmp_path / "features", key_service, store, _Jobs(),  # type: ignore[arg-type]
-                           check=lambda *a: True, audit=lambda *a: None)
+    intake = FeatureIntake(
+        tmp_path / "features",
+        key_service,
+        store,
+        _Jobs(),  # type: ignore[arg-type]
+        check=lambda *a: True,
+        audit=lambda *a: None,
+    )
     batch = b"arrow" * 1000
-    att = {"type": ATTESTATION_TYPE, "dataset": "d", "dataset_fingerprint": "sha256:" + "b" * 64,
-           "policy_hash": "sha256:" + "a" * 64, "policy_version": 1, "rows_in": 10,
-           "rows_out": 9, "k_required": 5, "k_achieved": 5, "epsilon_charged": 0.0,
-           "approver": "x", "purposes": ["p"], "created_at": "2026-11-21T00:00:00Z",
-           "batch_format": "arrow-ipc-stream", "batch_sha256": hashlib.sha256(batch).hexdigest()}
+    att = {
+        "type": ATTESTATION_TYPE,
+        "dataset": "d",
+        "dataset_fingerprint": "sha256:" + "b" * 64,
+        "policy_hash": "sha256:" + "a" * 64,
+        "policy_version": 1,
+        "rows_in": 10,
+        "rows_out": 9,
+        "k_required": 5,
+        "k_achieved": 5,
+        "epsilon_charged": 0.0,
+        "approver": "x",
+        "purposes": ["p"],
+        "created_at": "2026-11-21T00:00:00Z",
+        "batch_format": "arrow-ipc-stream",
+        "batch_sha256": hashlib.sha256(batch).hexdigest(),
+    }
     signed = sign_attestation(att, site.sign, "site/hospital-a")
-    intake._store("rel1", "hospital-a", "d", "job1", ["p"], att, signed.payload,
-                  signed.signature, batch)
+    intake._store(
+        "rel1", "hospital-a", "d", "job1", ["p"], att, signed.payload, signed.signature, batch
+    )
     registry = ModelRegistry(tmp_path / "models", key_service)
     registry.store("m", b"state-bytes", b"onnx-bytes", {"job_id": "job1"}, "spiffe://x/user/y")
     before = json.loads((tmp_path / "features" / "rel1" / "sealed.json").read_text())

@@ -31,15 +31,19 @@ def _records(rc: RunningCoordinator, event: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def rc(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-       coordinator_settings: CoordinatorSettings, tmp_path: Path) -> RunningCoordinator:
+def rc(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    tmp_path: Path,
+) -> RunningCoordinator:
     pol = tmp_path / "policies"
     shutil.copytree(default_policy_dir(), pol)
     return make_coordinator(replace(coordinator_settings, policy_dir=pol))
 
 
-def test_denials_are_audited_with_the_policy_hash(rc: RunningCoordinator, key_service: KeyService,
-                                                  tmp_path: Path) -> None:
+def test_denials_are_audited_with_the_policy_hash(
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     with user_client(rc, key_service, "mallory", tmp_path / "m") as mallory:
         with pytest.raises(PermissionDenied):
             mallory.list_sites()
@@ -59,7 +63,8 @@ def test_denials_are_audited_with_the_policy_hash(rc: RunningCoordinator, key_se
 
 
 def test_role_bindings_are_managed_authorized_and_audited(
-        rc: RunningCoordinator, key_service: KeyService, tmp_path: Path) -> None:
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     td = rc.settings.trust_domain
     alice = f"spiffe://{td}/user/alice"
     with rc.admin() as admin:
@@ -102,7 +107,8 @@ def test_bad_policy_reload_is_refused_logged_and_old_set_stays(rc: RunningCoordi
         assert admin.list_sites() == []  # the old set still authorizes the admin
     assert rc.coordinator.engine.policy_hash == before
     (pol / "broken.cedar").write_text(
-        '@id("x.bad") permit (principal, action == Insitu::Action::"no.such", resource);')
+        '@id("x.bad") permit (principal, action == Insitu::Action::"no.such", resource);'
+    )
     with rc.admin() as admin, pytest.raises(FailedPrecondition):
         admin.reload_policy()
     refusals = [r for r in _records(rc, "policy.reload") if r["outcome"] == "failure"]
@@ -110,7 +116,8 @@ def test_bad_policy_reload_is_refused_logged_and_old_set_stays(rc: RunningCoordi
     (pol / "broken.cedar").unlink()
     (pol / "extra.cedar").write_text(
         '@id("extra.none") forbid (principal, action == Insitu::Action::"health.check", '
-        'resource) when { false };')
+        "resource) when { false };"
+    )
     with rc.admin() as admin:
         old, new = admin.reload_policy()
     assert old == before and new != before == old
@@ -118,8 +125,9 @@ def test_bad_policy_reload_is_refused_logged_and_old_set_stays(rc: RunningCoordi
     assert ok[-1]["attrs"]["new_hash"] == new
 
 
-def test_auditor_cannot_read_models_or_submit_jobs(rc: RunningCoordinator,
-                                                   key_service: KeyService, tmp_path: Path) -> None:
+def test_auditor_cannot_read_models_or_submit_jobs(
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     td = rc.settings.trust_domain
     with rc.admin() as admin:
         admin.grant_role(f"spiffe://{td}/user/quinn", "auditor")

@@ -23,17 +23,26 @@ from tests.integration.federation import APP, SITES, Federation, start_federatio
 
 
 @pytest.fixture
-def served(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-           coordinator_settings: CoordinatorSettings, key_service: KeyService,
-           tmp_path: Path) -> Iterator[Federation]:
+def served(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+) -> Iterator[Federation]:
     rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
     fed = start_federation(rc, key_service, tmp_path)
-    job = fed.engineer.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw",
-                                  run_config={"local-epochs": 1})
+    job = fed.engineer.submit_job(
+        APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw", run_config={"local-epochs": 1}
+    )
     final = list(fed.engineer.watch_job(job.job_id, timeout=300))[-1].snapshot
     assert final.state == 3, final.error
-    job2 = fed.engineer.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw",
-                                   run_config={"local-epochs": 2, "seed": 7})
+    job2 = fed.engineer.submit_job(
+        APP,
+        {s: "bcw" for s in SITES},
+        rounds=1,
+        model_name="bcw",
+        run_config={"local-epochs": 2, "seed": 7},
+    )
     final2 = list(fed.engineer.watch_job(job2.job_id, timeout=300))[-1].snapshot
     assert final2.state == 3 and final2.model_version == "v2", final2.error
     yield fed
@@ -45,8 +54,14 @@ def _site_client(fed: Federation, keys: KeyService, user: str, site: str, tmp: P
     c.close()
     port = json.loads((fed.settings[site].site_dir / "status.json").read_text())["api_port"]
     d = tmp / user
-    return SiteClient(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem", d / "ca.pem",
-                      site_id=site, trust_domain=fed.coord.settings.trust_domain)
+    return SiteClient(
+        f"127.0.0.1:{port}",
+        d / "cert.pem",
+        d / "key.pem",
+        d / "ca.pem",
+        site_id=site,
+        trust_domain=fed.coord.settings.trust_domain,
+    )
 
 
 def _rows(n: int = 8) -> np.ndarray:
@@ -57,8 +72,9 @@ def _rows(n: int = 8) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_deploy_predict_canary_rollback_and_site_rbac(served: Federation, key_service: KeyService,
-                                                      tmp_path: Path) -> None:
+def test_deploy_predict_canary_rollback_and_site_rbac(
+    served: Federation, key_service: KeyService, tmp_path: Path
+) -> None:
     fed = served
     td = fed.coord.settings.trust_domain
     app_id, auditor_id = f"spiffe://{td}/user/ehr-app", f"spiffe://{td}/user/quinn"
@@ -84,16 +100,26 @@ def test_deploy_predict_canary_rollback_and_site_rbac(served: Federation, key_se
     direct = sess.run(None, {"features": rows})[0]
     np.testing.assert_allclose(got.outputs["logits"], direct, atol=1e-5)
     # An auditor, and a site's own identity, may not predict.
-    with _site_client(fed, key_service, "quinn", "hospital-a", tmp_path) as quinn, \
-            pytest.raises(PermissionDenied):
+    with (
+        _site_client(fed, key_service, "quinn", "hospital-a", tmp_path) as quinn,
+        pytest.raises(PermissionDenied),
+    ):
         quinn.predict("bcw", {"features": rows})
     site_b = Credentials.load(fed.settings["hospital-b"].tls_dir)
     d = tmp_path / "site-b-creds"
     site_b.save(d)
     port = json.loads((fed.settings["hospital-a"].site_dir / "status.json").read_text())["api_port"]
-    with SiteClient(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem", d / "ca.pem",
-                    site_id="hospital-a", trust_domain=td) as foreign, \
-            pytest.raises(PermissionDenied):
+    with (
+        SiteClient(
+            f"127.0.0.1:{port}",
+            d / "cert.pem",
+            d / "key.pem",
+            d / "ca.pem",
+            site_id="hospital-a",
+            trust_domain=td,
+        ) as foreign,
+        pytest.raises(PermissionDenied),
+    ):
         foreign.predict("bcw", {"features": rows})
     # Canary v2 to 10% at hospital-a, then roll back: v1's outputs return.
     with fed.coord.admin() as admin:
@@ -110,8 +136,11 @@ def test_deploy_predict_canary_rollback_and_site_rbac(served: Federation, key_se
     np.testing.assert_allclose(again.outputs["logits"], direct, atol=1e-5)
     # Every Predict is audited at the site as metadata: caller, model, version, rows.
     log = fed.daemons["hospital-a"].audit_log.store
-    outcomes = [json.loads(e.data) for e in log.entries()
-                if e.data and b'"rpc.outcome"' in e.data and b'"predict"' in e.data]
+    outcomes = [
+        json.loads(e.data)
+        for e in log.entries()
+        if e.data and b'"rpc.outcome"' in e.data and b'"predict"' in e.data
+    ]
     ok = [r for r in outcomes if r["outcome"] == "success"]
     assert ok and ok[-1]["attrs"]["rows"] == "8" and ok[-1]["attrs"]["model"] == "bcw"
     raw = b"".join(e.data for e in log.entries() if e.data)

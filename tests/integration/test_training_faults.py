@@ -26,7 +26,7 @@ from insitu.keys import KeyService
 from insitu.rpc.chunks import Reassembler, split_message
 from insitu.rpc.server import secure_channel
 from tests.integration.conftest import RunningCoordinator, enrol_site, wait_for
-from tests.integration.federation import APP, SITES, Federation, start_federation
+from tests.integration.federation import APP, SITES, start_federation
 
 SUCCEEDED, REFUSED = 3, 5
 
@@ -44,16 +44,23 @@ def _poisoned(kind: str) -> Callable[[ArrayRecord], RecordDict]:
         if kind == "oversize":
             content["padding"] = ArrayRecord({"x": Array(np.zeros(200_000, np.float32))})
         return content
+
     return make
 
 
-def rogue_site(rc: RunningCoordinator, site_dir: Path, site_id: str,
-               poison: Callable[[ArrayRecord], RecordDict], stop: threading.Event) -> None:
+def rogue_site(
+    rc: RunningCoordinator,
+    site_dir: Path,
+    site_id: str,
+    poison: Callable[[ArrayRecord], RecordDict],
+    stop: threading.Event,
+) -> None:
     """A site that speaks the session protocol directly (no egress guard) and answers
     every training instruction with a poisoned update."""
     creds = Credentials.load(site_dir / "tls")
-    ch = secure_channel(rc.target, ca_pem=creds.ca_pem, creds=creds,
-                        server_name=rc.settings.server_name)
+    ch = secure_channel(
+        rc.target, ca_pem=creds.ca_pem, creds=creds, server_name=rc.settings.server_name
+    )
     out: queue.Queue[session_pb2.SiteMessage | None] = queue.Queue()
     out.put(session_pb2.SiteMessage(hello=session_pb2.Hello(site_id=site_id)))
 
@@ -73,8 +80,13 @@ def rogue_site(rc: RunningCoordinator, site_dir: Path, site_id: str,
     for msg in session_pb2_grpc.SiteSessionStub(ch).Connect(requests()):
         kind = msg.WhichOneof("body")
         if kind == "job_proposal":
-            out.put(session_pb2.SiteMessage(job_decision=session_pb2.JobDecision(
-                job_id=msg.job_proposal.job_id, approved=True, dataset_fingerprint="0" * 64)))
+            out.put(
+                session_pb2.SiteMessage(
+                    job_decision=session_pb2.JobDecision(
+                        job_id=msg.job_proposal.job_id, approved=True, dataset_fingerprint="0" * 64
+                    )
+                )
+            )
         elif kind == "task":
             done = ra.add(msg.task)
             if done is None:
@@ -85,13 +97,24 @@ def rogue_site(rc: RunningCoordinator, site_dir: Path, site_id: str,
             if instruction.metadata.message_type.startswith("train"):
                 reply = Message(poison(instruction.content["arrays"]), reply_to=instruction)
             else:
-                reply = Message(RecordDict({"metrics": MetricRecord(
-                    {"eval-acc": 0.5, "eval-loss": 1.0, "num-examples": 10})}),
-                    reply_to=instruction)
+                reply = Message(
+                    RecordDict(
+                        {
+                            "metrics": MetricRecord(
+                                {"eval-acc": 0.5, "eval-loss": 1.0, "num-examples": 10}
+                            )
+                        }
+                    ),
+                    reply_to=instruction,
+                )
             rp = message_to_proto(reply)
-            for chunk in split_message(done.job_id, done.message_id,
-                                       rp.metadata.SerializeToString(),
-                                       rp.content.SerializeToString(), None):
+            for chunk in split_message(
+                done.job_id,
+                done.message_id,
+                rp.metadata.SerializeToString(),
+                rp.content.SerializeToString(),
+                None,
+            ):
                 out.put(session_pb2.SiteMessage(task_reply=chunk))
         if stop.is_set():
             break
@@ -99,28 +122,34 @@ def rogue_site(rc: RunningCoordinator, site_dir: Path, site_id: str,
 
 
 @pytest.fixture
-def rc(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-       coordinator_settings: CoordinatorSettings) -> RunningCoordinator:
-    return make_coordinator(replace(coordinator_settings, job_approval_timeout_s=20,
-                                    max_update_bytes=200_000))
+def rc(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+) -> RunningCoordinator:
+    return make_coordinator(
+        replace(coordinator_settings, job_approval_timeout_s=20, max_update_bytes=200_000)
+    )
 
 
 @pytest.mark.slow
 def test_poisoned_updates_are_rejected_and_the_rest_aggregated(
-        rc: RunningCoordinator, key_service: KeyService, tmp_path: Path) -> None:
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     fed = start_federation(rc, key_service, tmp_path, sites=SITES[:2])
     stop = threading.Event()
     rogues = {"hospital-nan": "nan", "hospital-shape": "shape", "hospital-big": "oversize"}
     for site, kind in rogues.items():
         s = enrol_site(rc, site, tmp_path / site)
-        threading.Thread(target=rogue_site, args=(rc, s.site_dir, site, _poisoned(kind), stop),
-                         daemon=True).start()
+        threading.Thread(
+            target=rogue_site, args=(rc, s.site_dir, site, _poisoned(kind), stop), daemon=True
+        ).start()
     try:
         with rc.admin() as admin:
             wait_for(lambda: sum(x.connected for x in admin.list_sites()) == 5, what="5 sites")
         targets = {s: "bcw" for s in (*SITES[:2], *rogues)}
-        job = fed.engineer.submit_job(APP, targets, rounds=1, min_sites=2,
-                                      run_config={"local-epochs": 1})
+        job = fed.engineer.submit_job(
+            APP, targets, rounds=1, min_sites=2, run_config={"local-epochs": 1}
+        )
         events = list(fed.engineer.watch_job(job.job_id, timeout=300))
         final = events[-1].snapshot
         assert final.state == SUCCEEDED, final.error
@@ -137,16 +166,21 @@ def test_poisoned_updates_are_rejected_and_the_rest_aggregated(
 
 @pytest.mark.slow
 def test_site_killed_mid_job_round_completes_and_site_rejoins(
-        rc: RunningCoordinator, key_service: KeyService, tmp_path: Path) -> None:
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     fed = start_federation(rc, key_service, tmp_path)
     try:
-        job = fed.engineer.submit_job(APP, {s: "bcw" for s in SITES}, rounds=5, min_sites=2,
-                                      run_config={"local-epochs": 3})
+        job = fed.engineer.submit_job(
+            APP, {s: "bcw" for s in SITES}, rounds=5, min_sites=2, run_config={"local-epochs": 3}
+        )
         c_store = fed.daemons["hospital-c"].audit_log.store
 
         def train_tasks_received() -> int:
-            return sum(1 for e in c_store.entries() if e.data and b'"direction":"in"' in e.data
-                       and b'"message_type":"train"' in e.data)
+            return sum(
+                1
+                for e in c_store.entries()
+                if e.data and b'"direction":"in"' in e.data and b'"message_type":"train"' in e.data
+            )
 
         # Kill hospital-c while it trains round 2: its instruction is outstanding.
         wait_for(lambda: train_tasks_received() >= 2, timeout=300, what="round 2 at site c")
@@ -174,15 +208,17 @@ def test_site_killed_mid_job_round_completes_and_site_rejoins(
 
 @pytest.mark.slow
 def test_unapproved_code_never_runs_at_that_site(
-        rc: RunningCoordinator, key_service: KeyService, tmp_path: Path) -> None:
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     fed = start_federation(rc, key_service, tmp_path, approve=lambda s: s != "hospital-c")
     try:
-        job = fed.engineer.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1, min_sites=2,
-                                      run_config={"local-epochs": 1})
+        job = fed.engineer.submit_job(
+            APP, {s: "bcw" for s in SITES}, rounds=1, min_sites=2, run_config={"local-epochs": 1}
+        )
         events = list(fed.engineer.watch_job(job.job_id, timeout=300))
         final = events[-1].snapshot
         assert final.state == SUCCEEDED, final.error
-        refused = [a for a in final.approvals if a.site_id == "hospital-c"][0]
+        refused = next(a for a in final.approvals if a.site_id == "hospital-c")
         assert refused.decided and not refused.approved
         assert "not approved" in refused.reason
         for e in events:
@@ -198,12 +234,18 @@ def test_unapproved_code_never_runs_at_that_site(
 
 @pytest.mark.slow
 def test_dp_job_that_would_overspend_epsilon_is_refused(
-        rc: RunningCoordinator, key_service: KeyService, tmp_path: Path) -> None:
+    rc: RunningCoordinator, key_service: KeyService, tmp_path: Path
+) -> None:
     fed = start_federation(rc, key_service, tmp_path, epsilon_budget=5.0)
     try:
-        job = fed.engineer.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1,
-                                      dp_noise_multiplier=1.0, dp_epsilon=8.0,
-                                      run_config={"local-epochs": 1})
+        job = fed.engineer.submit_job(
+            APP,
+            {s: "bcw" for s in SITES},
+            rounds=1,
+            dp_noise_multiplier=1.0,
+            dp_epsilon=8.0,
+            run_config={"local-epochs": 1},
+        )
         final = list(fed.engineer.watch_job(job.job_id, timeout=120))[-1].snapshot
         assert final.state == REFUSED
         for a in final.approvals:

@@ -18,10 +18,14 @@ from insitu.sdk import InsituRpcError
 from tests.integration.conftest import RunningCoordinator
 from tests.integration.federation import APP, SITES, Federation, start_federation
 
+
 @pytest.fixture
-def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-        coordinator_settings: CoordinatorSettings, key_service: KeyService,
-        tmp_path: Path) -> Iterator[Federation]:
+def fed(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+) -> Iterator[Federation]:
     rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
     f = start_federation(rc, key_service, tmp_path)
     yield f
@@ -32,8 +36,13 @@ def fed(make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
 def test_three_site_job_runs_and_registers_a_signed_model(fed: Federation) -> None:
     federation = fed
     eng = federation.engineer
-    job = eng.submit_job(APP, {s: "bcw" for s in SITES}, rounds=2, model_name="bcw-mlp",
-                         run_config={"local-epochs": 1})
+    job = eng.submit_job(
+        APP,
+        {s: "bcw" for s in SITES},
+        rounds=2,
+        model_name="bcw-mlp",
+        run_config={"local-epochs": 1},
+    )
     events = list(eng.watch_job(job.job_id, timeout=300))
     final = events[-1].snapshot
     assert final.state == 3, final.error  # SUCCEEDED
@@ -58,8 +67,9 @@ def test_three_site_job_runs_and_registers_a_signed_model(fed: Federation) -> No
 @pytest.mark.slow
 def test_tampered_model_artifact_fails_verification(fed: Federation) -> None:
     eng = fed.engineer
-    job = eng.submit_job(APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw-t",
-                         run_config={"local-epochs": 1})
+    job = eng.submit_job(
+        APP, {s: "bcw" for s in SITES}, rounds=1, model_name="bcw-t", run_config={"local-epochs": 1}
+    )
     final = list(eng.watch_job(job.job_id, timeout=300))[-1].snapshot
     assert final.state == 3, final.error
     vdir = fed.coord.coordinator.registry.root / "bcw-t" / "v1"

@@ -21,14 +21,22 @@ from tests.integration.conftest import RunningCoordinator, enrol_site, wait_for
 
 
 def test_sites_and_coordinator_witness_each_other(
-        make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
-        coordinator_settings: CoordinatorSettings, key_service: KeyService,
-        tmp_path: Path) -> None:
-    rc = make_coordinator(replace(coordinator_settings, audit_checkpoint_every_s=0.5,
-                                  witness_interval_s=0.3))
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+) -> None:
+    rc = make_coordinator(
+        replace(coordinator_settings, audit_checkpoint_every_s=0.5, witness_interval_s=0.3)
+    )
     s = enrol_site(rc, "hospital-w", tmp_path / "w")
-    settings = load_site_settings(s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1,
-                                  audit_checkpoint_every_s=0.5, witness_interval_s=0.3)
+    settings = load_site_settings(
+        s.site_dir,
+        heartbeat_interval_ms=300,
+        backoff_initial_s=0.1,
+        audit_checkpoint_every_s=0.5,
+        witness_interval_s=0.3,
+    )
     daemon = SiteDaemon(settings)
     t = threading.Thread(target=daemon.run, daemon=True)
     t.start()
@@ -44,8 +52,11 @@ def test_sites_and_coordinator_witness_each_other(
             return [n.note for n in store.witnessed("cosigned-by/hospital-w")]
 
         wait_for(lambda: len(cosigned()) >= 2, timeout=30, what="two cosigned checkpoints")
-        wait_for(lambda: bool(store.witnessed("site/hospital-w")), timeout=30,
-                 what="a site checkpoint kept by the coordinator")
+        wait_for(
+            lambda: bool(store.witnessed("site/hospital-w")),
+            timeout=30,
+            what="a site checkpoint kept by the coordinator",
+        )
         for note in cosigned():
             verify_cosignature(note, "site/hospital-w", site_key)
         sizes = [int(n.splitlines()[1]) for n in cosigned()]
@@ -55,18 +66,26 @@ def test_sites_and_coordinator_witness_each_other(
         # that does not extend what the site cosigned.
         witness = daemon.witness
         seen = witness.witnessed_size
-        forged = Checkpoint(f"{rc.settings.trust_domain}/coordinator", seen + 5,
-                            hash_leaf(b"rewritten history"))
-        note = sign_checkpoint(forged, "insitu-audit",
-                               lambda b: key_service.sign("audit-signing", b),
-                               key_service.public_key("audit-signing"))
+        forged = Checkpoint(
+            f"{rc.settings.trust_domain}/coordinator", seen + 5, hash_leaf(b"rewritten history")
+        )
+        note = sign_checkpoint(
+            forged,
+            "insitu-audit",
+            lambda b: key_service.sign("audit-signing", b),
+            key_service.public_key("audit-signing"),
+        )
         before = witness.last_note
-        assert not witness.on_offer(session_pb2.CheckpointOffer(
-            note=note, from_size=seen, proof=[b"\x00" * 32]))
+        assert not witness.on_offer(
+            session_pb2.CheckpointOffer(note=note, from_size=seen, proof=[b"\x00" * 32])
+        )
         assert witness.last_note == before
         assert list((s.site_dir / "witness" / "refused").iterdir())
-        records = [json.loads(e.data) for e in daemon.audit_log.store.entries()
-                   if e.data and b'"audit.witness"' in e.data]
+        records = [
+            json.loads(e.data)
+            for e in daemon.audit_log.store.entries()
+            if e.data and b'"audit.witness"' in e.data
+        ]
         assert records and records[-1]["attrs"]["outcome"] == "refused"
     finally:
         if admin is not None:

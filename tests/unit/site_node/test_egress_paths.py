@@ -9,8 +9,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3] / "site_node"
 CHANNEL_CALLS = {"secure_channel", "insecure_channel", "intercept_channel"}
-NETWORK_MODULES = {"socket", "requests", "httpx", "urllib", "urllib3", "http", "aiohttp",
-                   "hvac", "smtplib", "ftplib"}
+NETWORK_MODULES = {
+    "socket",
+    "requests",
+    "httpx",
+    "urllib",
+    "urllib3",
+    "http",
+    "aiohttp",
+    "hvac",
+    "smtplib",
+    "ftplib",
+}
 # file -> why it may open a channel
 ALLOWED = {
     "session.py": "the session stream to the coordinator; every message passes EgressGuard",
