@@ -16,7 +16,7 @@ ORT_EXTRA :=
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast protos lint bench clean
+.PHONY: help venv demo test test-tools protos lint bench clean
 
 help:
 	@echo "make demo    - run the end-to-end federation demo on embedded defaults"
@@ -37,8 +37,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/insitu demo
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's prometheus (scrape test) and promtool (config check). Best effort: where apt is
+# missing or refused, those tests skip with a reason.
+test-tools:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+	      || echo "note: could not install prometheus; its tests will skip"; \
+	  fi; }
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
