@@ -15,6 +15,7 @@ from coordinator.settings import CoordinatorSettings
 from insitu.cli.common import cli_errors
 from insitu.errors import InsituError
 from insitu.settings import load_settings
+from insitu.telemetry.logs import setup_logging
 
 app = typer.Typer(help="The insitu coordinator.", no_args_is_help=True)
 
@@ -36,9 +37,7 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Serve until SIGTERM or Ctrl-C; state lives in DATA_DIR, keys in Vault."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level.upper(), capture_uncaught=True)  # JSON lines, secrets redacted
     settings = load_settings(
         CoordinatorSettings,
         "coordinator",

@@ -33,6 +33,7 @@ from coordinator.update_validation import validate_reply
 from insitu._proto.v1 import session_pb2
 from insitu.errors import ErrorCode, InsituError
 from insitu.rpc.chunks import Assembled, split_message
+from insitu.telemetry.tracing import inject_to_dict
 
 __all__ = ["GridEvent", "SessionGrid"]
 
@@ -177,7 +178,8 @@ class SessionGrid(Grid):
                     "unavailable",
                 )
                 continue
-            for chunk in split_message(self.job_id, message_id, meta, content, None):
+            trace = inject_to_dict()
+            for chunk in split_message(self.job_id, message_id, meta, content, None, trace=trace):
                 session.outbound.put(session_pb2.CoordinatorMessage(task=chunk))
             self._on_event(GridEvent("sent", site_id, msg.metadata.message_type, rnd))
         return ids

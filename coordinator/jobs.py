@@ -24,6 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.server.run_serverapp import run as run_serverapp
 from flwr.supercore.run import Run
+from opentelemetry import context as otel_context
 
 from coordinator.flower_compat import SUPERLINK_NODE_ID, node_id_for, set_task_identity
 from coordinator.flower_grid import GridEvent, SessionGrid
@@ -34,6 +35,7 @@ from insitu.errors import ErrorCode, InsituError
 from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, load_component, unpack_app
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
+from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
 
 __all__ = ["JobManager", "JobRecord", "JobSettings"]
 
@@ -67,6 +69,7 @@ class JobRecord:
     purpose: str
     model_name: str
     org: str = ""
+    trace: dict[str, str] = field(default_factory=dict)  # the submitter's trace context
     state: int = jobs_pb2.JOB_STATE_AWAITING_APPROVAL
     approvals: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
     history: list[jobs_pb2.RoundSummary] = field(default_factory=list)
@@ -203,6 +206,7 @@ class JobManager:
             purpose=req.purpose,
             model_name=req.model_name,
             org=org,
+            trace=inject_to_dict(),
         )
         with self._lock:
             self._jobs[job.job_id] = job
@@ -331,7 +335,10 @@ class JobManager:
         while (job_id := self._queue.get()) is not None:
             job = self._jobs[job_id]
             try:
-                self._run(job)
+                with tracer().start_as_current_span(
+                    "insitu.job", context=extract_from_dict(job.trace)
+                ):
+                    self._run(job)
             except Exception as e:
                 log.exception("job %s failed", job_id)
                 detail = e.detail if isinstance(e, InsituError) else type(e).__name__
@@ -534,6 +541,14 @@ class _RoundTracker:
         self.final_metrics: dict[str, float] = {}
 
     def on_event(self, e: GridEvent) -> None:
+        # Replies arrive on session threads: bring the job's trace along for the records.
+        token = otel_context.attach(extract_from_dict(self.job.trace))
+        try:
+            self._on_event(e)
+        finally:
+            otel_context.detach(token)
+
+    def _on_event(self, e: GridEvent) -> None:
         key = (e.group_id, e.message_type.split(".")[0])
         if e.kind == "sent":
             self.sent[key] = self.sent.get(key, 0) + 1

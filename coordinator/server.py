@@ -48,6 +48,7 @@ from insitu.rpc.audit import RpcAuditor
 from insitu.rpc.authn import Authenticator
 from insitu.rpc.revocation import RevocationList
 from insitu.rpc.server import build_server, server_credentials
+from insitu.telemetry.setup import start_observability
 
 __all__ = ["Coordinator", "connect_vault"]
 
@@ -264,10 +265,15 @@ class Coordinator:
         self.server.start()
         self.enrol_server.start()
         self.witness.start()
+        self.metrics_server, self.metrics_port = start_observability(
+            "insitu-coordinator", self.settings.metrics_listen, self.settings.trace_exporter,
+            self.audit_log, lambda: self.credentials.info.not_after if self.credentials else None,
+            "service")
         host = self.settings.advertise_host
         endpoints = {
             "listen": f"{host}:{self.port}",
             "enrol": f"{host}:{self.enrol_port}",
+            "metrics": f"127.0.0.1:{self.metrics_port}",
             "server_name": self.settings.server_name,
             "trust_domain": self.settings.trust_domain,
         }
@@ -344,6 +350,7 @@ class Coordinator:
                 srv.stop(grace).wait(grace + 1)
         self.jobs.stop()
         self.witness.stop()
+        self.metrics_server.close()
         self.revocation.stop()
         self.audit_log.close()  # final checkpoint on shutdown
         self.store.close()

@@ -35,6 +35,9 @@ class CoordinatorSettings:
     job_approval_timeout_s: float = 60.0
     max_update_bytes: int = 512 * 1024 * 1024
     witness_interval_s: float = 5.0
+    # Prometheus /metrics (loopback unless a non-loopback host is named on purpose).
+    metrics_listen: str = "127.0.0.1:0"
+    trace_exporter: str = "none"  # none | console | file:<path> | otlp:<endpoint>
 
     @property
     def server_name(self) -> str:

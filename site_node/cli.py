@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -13,6 +12,7 @@ import typer
 
 from insitu.cli.common import EXIT_REFUSED, cli_errors, err_console
 from insitu.errors import ErrorCode, InsituError
+from insitu.telemetry.logs import setup_logging
 from site_node.approvals import ApprovedCode
 from site_node.daemon import SiteDaemon
 from site_node.enrol import enrol
@@ -65,9 +65,7 @@ def run(
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Dial out to the coordinator and keep the session open until SIGTERM or Ctrl-C."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level.upper(), capture_uncaught=True)  # JSON lines, secrets redacted
     settings = load_site_settings(site_dir, heartbeat_interval_ms=heartbeat_ms)
     daemon = SiteDaemon(settings)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

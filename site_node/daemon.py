@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from insitu._proto.v1 import session_pb2
@@ -17,9 +18,10 @@ from insitu.audit.signing import LocalSigner
 from insitu.authz import EntityRef, Resource
 from insitu.authz.bundle import default_policy_dir
 from insitu.errors import ErrorCode, InsituError
-from insitu.identity.credentials import write_private_file
+from insitu.identity.credentials import Credentials, write_private_file
 from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.audit import RpcAuditor
+from insitu.telemetry.setup import start_observability
 from site_node.approvals import ApprovedCode
 from site_node.deployments import SiteDeployments, pinned_verifier
 from site_node.egress import EgressGuard
@@ -55,6 +57,13 @@ def site_audit_signer(site_dir: Path) -> LocalSigner:
         tmp.unlink()
         write_private_file(path, data)
     return LocalSigner.from_file(path)
+
+
+def _cert_not_after(tls_dir: Path) -> datetime | None:
+    try:
+        return Credentials.load(tls_dir).info.not_after
+    except InsituError:
+        return None
 
 
 class SiteDaemon:
@@ -225,11 +234,17 @@ class SiteDaemon:
         )
         self.api.start()
         self.session.status.api_port = self.api.port
+        metrics_server, self.session.status.metrics_port = start_observability(
+            f"insitu-site-{self.settings.site_id}", self.settings.metrics_listen,
+            self.settings.trace_exporter, self.audit_log,
+            lambda: _cert_not_after(self.settings.tls_dir), "site",
+            extra_registries=[self.runtime.metrics.registry])
         threading.Thread(target=self.witness.run, name="witness", daemon=True).start()
         try:
             self.session.run()
         finally:
             self.witness.stop()
+            metrics_server.close()
             self.api.stop()
             self.runtime.close()
             self.jobs.close()

@@ -23,6 +23,7 @@ from insitu.errors import InsituError
 from insitu.flower.bundle import unpack_app
 from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.chunks import Reassembler, split_message
+from insitu.telemetry.tracing import extract_from_dict, tracer
 from site_node.approvals import ApprovedCode
 from site_node.egress import EgressGuard
 from site_node.training.datasets import DatasetRegistry
@@ -49,7 +50,7 @@ class _Job:
     dataset: str
     runner: ClientAppRunner
     dp_epsilon: float
-    work: queue.Queue[tuple[str, bytes] | None]
+    work: queue.Queue[tuple[str, bytes, dict[str, str]] | None]
 
 
 class SiteJobs:
@@ -81,6 +82,7 @@ class SiteJobs:
         self.approved: dict[str, tuple[str, str, str]] = {}
         self._lock = threading.Lock()
         self._reassembler = Reassembler(max_message_bytes)
+        self._traces: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- inbound ---------------------------------------------------------------------
 
@@ -201,39 +203,45 @@ class SiteJobs:
         if job is None:
             log.warning("task for job %s, which this site did not approve: ignored", chunk.job_id)
             return
+        if chunk.seq == 0:
+            self._traces[(chunk.job_id, chunk.message_id)] = dict(chunk.trace)
         done = self._reassembler.add(chunk)
         if done is None:
             return
+        trace = self._traces.pop((chunk.job_id, chunk.message_id), {})
         instruction = ProtoMessage(metadata=ProtoMetadata.FromString(done.metadata))
         if done.content is not None:
             instruction.content.CopyFrom(ProtoRecordDict.FromString(done.content))
         self.guard.expect_reply(job.job_id, done.message_id, instruction)
-        job.work.put((done.message_id, instruction.SerializeToString()))
+        job.work.put((done.message_id, instruction.SerializeToString(), trace))
 
     def _work(self, job: _Job) -> None:
         while (item := job.work.get()) is not None:
-            message_id, request = item
-            try:
-                reply_bytes = job.runner.handle(request)
-                reply = ProtoMessage.FromString(reply_bytes)
-                self._charge_dp(job, reply)
-                content = reply.content.SerializeToString() if reply.HasField("content") else None
-                error = reply.error.SerializeToString() if reply.HasField("error") else None
-                self.guard.check_reply(job.job_id, message_id, reply, len(content or b""))
-                meta = reply.metadata.SerializeToString()
-                for chunk in split_message(job.job_id, message_id, meta, content, error):
-                    self.send(session_pb2.SiteMessage(task_reply=chunk))
-            except InsituError as e:
-                log.warning("job %s: reply not sent: %s", job.job_id, e.detail)
-                self.audit(
-                    "job.reply_refused",
-                    {
-                        "job_id": job.job_id,
-                        "code_sha256": job.code_sha256,
-                        "reason": e.detail[:200],
-                    },
-                )
+            message_id, request, trace = item
+            # The coordinator's trace continues here: one job round is one trace.
+            with tracer().start_as_current_span(
+                "insitu.round.task", context=extract_from_dict(trace)
+            ):
+                self._handle(job, message_id, request)
         job.runner.close()
+
+    def _handle(self, job: _Job, message_id: str, request: bytes) -> None:
+        try:
+            reply_bytes = job.runner.handle(request)
+            reply = ProtoMessage.FromString(reply_bytes)
+            self._charge_dp(job, reply)
+            content = reply.content.SerializeToString() if reply.HasField("content") else None
+            error = reply.error.SerializeToString() if reply.HasField("error") else None
+            self.guard.check_reply(job.job_id, message_id, reply, len(content or b""))
+            meta = reply.metadata.SerializeToString()
+            for chunk in split_message(job.job_id, message_id, meta, content, error):
+                self.send(session_pb2.SiteMessage(task_reply=chunk))
+        except InsituError as e:
+            log.warning("job %s: reply not sent: %s", job.job_id, e.detail)
+            self.audit(
+                "job.reply_refused",
+                {"job_id": job.job_id, "code_sha256": job.code_sha256, "reason": e.detail[:200]},
+            )
 
     def _charge_dp(self, job: _Job, reply: ProtoMessage) -> None:
         if job.dp_epsilon <= 0 or not reply.HasField("content"):

@@ -49,6 +49,7 @@ class SessionStatus:
     cert_not_after: int = 0
     last_error: str = ""
     api_port: int = 0
+    metrics_port: int = 0
 
 
 Inbound = Callable[[session_pb2.CoordinatorMessage], None]

@@ -28,6 +28,8 @@ class SiteSettings:
     local_policy_dir: Path | None = None
     audit_checkpoint_every_s: float = 60.0
     witness_interval_s: float = 5.0
+    metrics_listen: str = "127.0.0.1:0"
+    trace_exporter: str = "none"
 
     @property
     def tls_dir(self) -> Path:

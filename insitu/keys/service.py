@@ -21,7 +21,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -561,3 +561,27 @@ def _verify_any(
         except InvalidSignature:
             continue
     return False
+
+
+def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Vault call latency and errors, per KeyService operation, on the process metrics."""
+    from functools import wraps
+
+    from insitu.telemetry.metrics import process_metrics
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with process_metrics().vault_call(name):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+for _op, _method in {
+    "sign_csr": "sign_csr", "revoke": "revoke", "crl": "revoked_serials",
+    "ca_bundle": "ca_bundle_pem", "sign": "sign_with_version", "verify": "verify",
+    "public_keys": "public_keys", "generate_data_key": "generate_data_key", "unwrap": "unwrap",
+    "rewrap": "rewrap", "rotate": "rotate", "key_version": "key_version", "kv_put": "kv_put",
+    "kv_get": "kv_get",
+}.items():
+    setattr(KeyService, _method, _timed(_op, getattr(KeyService, _method)))

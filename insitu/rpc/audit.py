@@ -18,6 +18,8 @@ from insitu.audit.record import Resource as AuditResource
 from insitu.errors import ErrorCode, InsituError
 from insitu.identity.principal import Principal
 from insitu.rpc.chain import Call, Layer
+from insitu.telemetry.metrics import process_metrics
+from insitu.telemetry.tracing import current_trace_id
 
 __all__ = ["AuditLayer", "RpcAuditor"]
 
@@ -37,6 +39,10 @@ class RpcAuditor:
     def __init__(self, log: AuditLog, node: str) -> None:
         self.log = log
         self.node = node
+
+    def _append(self, record: AuditRecord) -> None:
+        with process_metrics().audit_append_timer():
+            self.log.append(record)
 
     def _actor(self, principal: Principal | None, role: str | None = None) -> Actor:
         if principal is None:
@@ -74,7 +80,7 @@ class RpcAuditor:
         break_glass: bool = False,
     ) -> None:
         rule = call.attributes.get("rule")
-        self.log.append(
+        self._append(
             AuditRecord(
                 event_type=event,
                 actor=self._actor(call.attributes.get("principal")),
@@ -84,6 +90,7 @@ class RpcAuditor:
                 origin=Origin(node=self.node, peer=call.peer),
                 reason_code=reason,
                 correlation_id=call.correlation_id,
+                trace_id=call.attributes.get("trace_id"),
                 authz=self._authz(call),
                 break_glass=break_glass,
                 attrs=_attrs({"method": call.method, **call.attributes.get("notes", {})}),
@@ -102,7 +109,7 @@ class RpcAuditor:
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         """A domain event outside the RPC path (a round, a release, a rotation)."""
-        self.log.append(
+        self._append(
             AuditRecord(
                 event_type=event,
                 actor=self._actor(principal),
@@ -112,6 +119,7 @@ class RpcAuditor:
                 origin=Origin(node=self.node),
                 reason_code=reason,
                 attrs=_attrs(attrs or {}),
+                trace_id=current_trace_id(),
             )
         )
 

@@ -25,6 +25,7 @@ def split_message(
     content: bytes | None,
     error: bytes | None,
     chunk_bytes: int = CHUNK_BYTES,
+    trace: dict[str, str] | None = None,
 ) -> Iterator[session_pb2.TaskChunk]:
     """Yield the chunks of one message; the first carries metadata (and the error)."""
     payload = memoryview(content or b"")
@@ -41,6 +42,7 @@ def split_message(
             content=bytes(part),
             error=(error or b"") if i == 0 else b"",
             total_bytes=total,
+            trace=(trace or {}) if i == 0 else {},
         )
 
 

@@ -1,9 +1,9 @@
 """Server and channel factories: every insitu listener is built here, with one stated
 layer order, TLS 1.3 credentials from Vault-issued certificates, health and reflection.
 
-Order on every server: errors (outermost: one status mapping) → authn (peer cert →
-Principal) → authz (method table + policy) → audit (append before and after; fail
-closed) → thin servicer → plain handler.
+Order on every server: tracing and metrics (outermost) → errors (one status mapping) →
+authn (peer cert → Principal) → authz (method table + policy) → audit (append before and
+after; fail closed) → thin servicer → plain handler.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from insitu.rpc.authz import Authorizer, AuthzLayer
 from insitu.rpc.chain import Call, Layer, LayerInterceptor
 from insitu.rpc.errors import ErrorLayer
 from insitu.rpc.methods import METHODS
+from insitu.telemetry.metrics import MetricsLayer
+from insitu.telemetry.tracing import TracingLayer
 
 __all__ = [
     "KEEPALIVE_OPTIONS",
@@ -83,7 +85,11 @@ def build_server(
         def on_authn_failure(call: Call, e: InsituError) -> None:
             auditor.record_call(call, "authn.failure", "denied", e.code.value)
 
+    # Tracing and metrics are outermost: they see every refusal and the status the client
+    # sees, and the trace id is on the call before the audit layer writes.
     layers: list[Layer] = [
+        TracingLayer(),
+        MetricsLayer(),
         ErrorLayer(),
         AuthnLayer(authenticator, public_methods=public_methods, on_failure=on_authn_failure),
         AuthzLayer(authorizer, public_methods=public_methods, recorder=auditor),

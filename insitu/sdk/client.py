@@ -36,6 +36,7 @@ from insitu.identity.credentials import Credentials
 from insitu.rpc.methods import METHODS
 from insitu.rpc.server import secure_channel
 from insitu.sdk.errors import IntegrityError, from_rpc_error
+from insitu.telemetry.tracing import TracingClientInterceptor
 
 __all__ = ["Client", "JoinToken", "ModelArtifact", "SiteInfo", "retry_service_config"]
 
@@ -132,7 +133,7 @@ class Client:
     ) -> None:
         self._creds = load_credentials(cert, key, ca)
         self.timeout = timeout
-        self._channel = secure_channel(
+        self._raw_channel = secure_channel(
             target,
             ca_pem=self._creds.ca_pem,
             creds=self._creds,
@@ -142,6 +143,8 @@ class Client:
                 ("grpc.enable_retries", 1),
             ],
         )
+        # Trace context travels with every call (W3C traceparent; nothing else).
+        self._channel = grpc.intercept_channel(self._raw_channel, TracingClientInterceptor())
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
@@ -149,7 +152,7 @@ class Client:
         self._features = features_pb2_grpc.FeaturesStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Client:
         return self

@@ -16,6 +16,7 @@ request value is dropped here, whoever wrote it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,10 +31,17 @@ __all__ = ["ALLOWED_ATTRIBUTES", "AllowListSpanProcessor", "safe_span_name", "sa
 
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,8}$")
 _METHOD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,95}(?:/[A-Za-z_][A-Za-z0-9_]{0,63})?$")
-# Ids, PANs, dates and serials all contain digit runs; RPC and span names do not.
-_DIGIT_RUN = re.compile(r"\d{4,}")
+_NAME = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,8}(?:/[A-Za-z_][A-Za-z0-9_]*)?$"
+)
 FALLBACK_NAME = "insitu.span"
+
+
+@functools.lru_cache(maxsize=4096)  # names and RPC values repeat on every call
+def _id_like(value: str) -> bool:
+    # Ids, PANs, dates, serials and hex digests carry digits; RPC and span names have at
+    # most a version digit or two per segment ("insitu.v1").
+    return any(sum(c.isdigit() for c in seg) > 2 for seg in re.split(r"[./]", value))
 
 
 def _one_of(*values: str) -> Callable[[Any], bool]:
@@ -46,9 +54,7 @@ def _int_between(lo: int, hi: int) -> Callable[[Any], bool]:
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
-    return lambda v: (
-        isinstance(v, str) and pattern.fullmatch(v) is not None and not _DIGIT_RUN.search(v)
-    )
+    return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None and not _id_like(v)
 
 
 ALLOWED_ATTRIBUTES: Mapping[str, Callable[[Any], bool]] = {
@@ -73,10 +79,11 @@ def _filter(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (attributes or {}).items() if allowed(k, v)}
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_span_name(name: str) -> str:
-    """``name`` if it has RPC or dotted-identifier shape without digit runs, else a
-    fixed fallback."""
-    if _NAME.fullmatch(name) and not _DIGIT_RUN.search(name):
+    """``name`` if it has RPC or dotted-identifier shape and is not id-like, else a fixed
+    fallback."""
+    if len(name) <= 128 and _NAME.fullmatch(name) and not _id_like(name):
         return name
     return FALLBACK_NAME
 

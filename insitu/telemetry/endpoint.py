@@ -94,7 +94,7 @@ def _handler_for(merged: _Merged) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404)
                 return
-            body = generate_latest(merged)  # type: ignore[arg-type]
+            body = generate_latest(merged)
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))

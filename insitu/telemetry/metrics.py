@@ -59,6 +59,7 @@ VAULT_OPERATIONS = frozenset({
     "generate_data_key", "unwrap", "rewrap", "rotate", "key_version", "kv_put", "kv_get",
 })  # fmt: skip
 _CODES = frozenset(c.name for c in grpc.StatusCode)
+_MAX_CACHED = 4096
 
 _RPC_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
@@ -91,33 +92,62 @@ class InsituMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.methods = frozenset(m.lstrip("/") for m in METHODS)
+        self._rpc_children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self.rpc_requests = Counter(
-            "insitu_rpc_requests", "RPCs served, by method and gRPC status code",
-            ["method", "code"], registry=r)
+            "insitu_rpc_requests",
+            "RPCs served, by method and gRPC status code",
+            ["method", "code"],
+            registry=r,
+        )
         self.rpc_latency = Histogram(
-            "insitu_rpc_latency_seconds", "Server-side RPC latency (streams: their lifetime)",
-            ["method"], buckets=_RPC_BUCKETS, registry=r)
+            "insitu_rpc_latency_seconds",
+            "Server-side RPC latency (streams: their lifetime)",
+            ["method"],
+            buckets=_RPC_BUCKETS,
+            registry=r,
+        )
         self.round_duration = Histogram(
-            "insitu_round_duration_seconds", "Wall time of a federated round phase",
-            buckets=_ROUND_BUCKETS, registry=r)
+            "insitu_round_duration_seconds",
+            "Wall time of a federated round phase",
+            buckets=_ROUND_BUCKETS,
+            registry=r,
+        )
         self.round_sites = Gauge(
-            "insitu_round_sites", "Sites in the latest round, by phase and outcome",
-            ["phase", "outcome"], registry=r)
+            "insitu_round_sites",
+            "Sites in the latest round, by phase and outcome",
+            ["phase", "outcome"],
+            registry=r,
+        )
         self.round_bytes = Counter(
-            "insitu_round_bytes", "Bytes of round messages, down to sites and up from them",
-            ["direction"], registry=r)
+            "insitu_round_bytes",
+            "Bytes of round messages, down to sites and up from them",
+            ["direction"],
+            registry=r,
+        )
         self.audit_append = Histogram(
-            "insitu_audit_append_seconds", "Durable audit append latency",
-            buckets=_FAST_BUCKETS, registry=r)
+            "insitu_audit_append_seconds",
+            "Durable audit append latency",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
-            "insitu_audit_checkpoint_age_seconds", "Seconds since the latest signed checkpoint",
-            registry=r)
+            "insitu_audit_checkpoint_age_seconds",
+            "Seconds since the latest signed checkpoint",
+            registry=r,
+        )
         self.cert_expiry = Gauge(
-            "insitu_cert_expiry_seconds", "Seconds until this process's certificate expires",
-            ["identity_kind"], registry=r)
+            "insitu_cert_expiry_seconds",
+            "Seconds until this process's certificate expires",
+            ["identity_kind"],
+            registry=r,
+        )
         self.vault_latency = Histogram(
-            "insitu_vault_request_seconds", "Vault/OpenBao call latency by operation",
-            ["operation"], buckets=_FAST_BUCKETS, registry=r)
+            "insitu_vault_request_seconds",
+            "Vault/OpenBao call latency by operation",
+            ["operation"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
         self.vault_errors = Counter(
             "insitu_vault_errors", "Failed Vault/OpenBao calls by operation",
             ["operation"], registry=r)  # fmt: skip
@@ -129,9 +159,17 @@ class InsituMetrics:
         return name if name in self.methods else OTHER
 
     def observe_rpc(self, full_method: str, code: grpc.StatusCode, seconds: float) -> None:
-        method = self.method_label(full_method)
-        self.rpc_requests.labels(method, _pick(code.name, _CODES)).inc()
-        self.rpc_latency.labels(method).observe(seconds)
+        key = (full_method, code)
+        children = self._rpc_children.get(key)
+        if children is None:
+            # labels() costs a lock and a dict walk per call; resolve once per pair.
+            method = self.method_label(full_method)
+            children = (self.rpc_requests.labels(method, _pick(code.name, _CODES)),
+                        self.rpc_latency.labels(method))  # fmt: skip
+            if len(self._rpc_children) < _MAX_CACHED:
+                self._rpc_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- rounds ------------------------------------------------------------------------
 
@@ -244,8 +282,9 @@ class MetricsLayer(Layer):
             exc = e
             raise
         finally:
-            self.metrics.observe_rpc(call.method, rpc_status(call, exc),
-                                     time.perf_counter() - start)
+            self.metrics.observe_rpc(
+                call.method, rpc_status(call, exc), time.perf_counter() - start
+            )
 
     def _stream(self, call: Call, proceed: Callable[[], Any], start: float) -> Iterator[Any]:
         exc: BaseException | None = None
@@ -255,8 +294,9 @@ class MetricsLayer(Layer):
             exc = e
             raise
         finally:
-            self.metrics.observe_rpc(call.method, rpc_status(call, exc),
-                                     time.perf_counter() - start)
+            self.metrics.observe_rpc(
+                call.method, rpc_status(call, exc), time.perf_counter() - start
+            )
 
 
 def label_vocabularies() -> Mapping[str, frozenset[str]]:
@@ -266,8 +306,7 @@ def label_vocabularies() -> Mapping[str, frozenset[str]]:
         "code": _CODES | {OTHER},
         "phase": PHASES | {OTHER},
         "outcome": ROUND_OUTCOMES,
-        "direction": DIRECTIONS,
+        "direction": DIRECTIONS | {OTHER},
         "identity_kind": IDENTITY_KINDS | {OTHER},
         "operation": VAULT_OPERATIONS | {OTHER},
     }
-

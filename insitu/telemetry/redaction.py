@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import threading
 from collections.abc import Callable
@@ -98,10 +99,8 @@ def _forms(value: str | bytes) -> set[str]:
     if isinstance(value, str):
         forms.add(value)
     else:
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             forms.add(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
     return {f for f in forms if len(f) >= MIN_SECRET_LEN}
 
 

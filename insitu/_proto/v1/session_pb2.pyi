@@ -115,7 +115,14 @@ class RenewResponse(_message.Message):
     def __init__(self, certificate: _Optional[_Union[_identity_pb2.IssuedCertificate, _Mapping]] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
-    __slots__ = ("job_id", "message_id", "seq", "last", "metadata", "content", "error", "total_bytes")
+    __slots__ = ("job_id", "message_id", "seq", "last", "metadata", "content", "error", "total_bytes", "trace")
+    class TraceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +131,7 @@ class TaskChunk(_message.Message):
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     message_id: str
     seq: int
@@ -132,7 +140,8 @@ class TaskChunk(_message.Message):
     content: bytes
     error: bytes
     total_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., message_id: _Optional[str] = ..., seq: _Optional[int] = ..., last: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., content: _Optional[bytes] = ..., error: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    trace: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., message_id: _Optional[str] = ..., seq: _Optional[int] = ..., last: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., content: _Optional[bytes] = ..., error: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DpSettings(_message.Message):
     __slots__ = ("noise_multiplier", "max_grad_norm", "epsilon", "delta")
