@@ -173,18 +173,26 @@ def test_site_killed_mid_job_round_completes_and_site_rejoins(
         job = fed.engineer.submit_job(
             APP, {s: "bcw" for s in SITES}, rounds=5, min_sites=2, run_config={"local-epochs": 3}
         )
-        c_store = fed.daemons["hospital-c"].audit_log.store
+        # Hold hospital-c's second training task so its instruction is surely outstanding
+        # when the site dies (then its stream closes mid-round).
+        c_jobs = fed.daemons["hospital-c"].jobs
+        original = c_jobs._handle
+        entered, release = threading.Event(), threading.Event()
+        seen = {"train": 0}
 
-        def train_tasks_received() -> int:
-            return sum(
-                1
-                for e in c_store.entries()
-                if e.data and b'"direction":"in"' in e.data and b'"message_type":"train"' in e.data
-            )
+        def held(job, message_id, request):  # type: ignore[no-untyped-def]
+            if ProtoMessage.FromString(request).metadata.message_type.startswith("train"):
+                seen["train"] += 1
+                if seen["train"] == 2:
+                    entered.set()
+                    release.wait(120)
+                    return None
+            return original(job, message_id, request)
 
-        # Kill hospital-c while it trains round 2: its instruction is outstanding.
-        wait_for(lambda: train_tasks_received() >= 2, timeout=300, what="round 2 at site c")
+        c_jobs._handle = held  # type: ignore[method-assign]
+        assert entered.wait(300), "round 2 never reached hospital-c"
         fed.stop_site("hospital-c")
+        release.set()
         rounds: list[session_pb2.RoundSummary] = []
         restarted = False
         for ev in fed.engineer.watch_job(job.job_id, timeout=600):
