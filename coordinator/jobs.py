@@ -26,6 +26,7 @@ from flwr.server.run_serverapp import run as run_serverapp
 from flwr.supercore.run import Run
 from opentelemetry import context as otel_context
 
+from coordinator.aggregation import install as install_aggregator
 from coordinator.flower_compat import SUPERLINK_NODE_ID, node_id_for, set_task_identity
 from coordinator.flower_grid import GridEvent, SessionGrid
 from coordinator.registry import ModelRegistry, arrays_to_npz
@@ -180,6 +181,7 @@ class JobManager:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._grid: SessionGrid | None = None
         self._reassemblers: dict[str, Reassembler] = {}
+        install_aggregator()  # zero-copy weighted aggregation inside flwr's strategies
         self._thread = threading.Thread(target=self._worker, name="job-worker", daemon=True)
         self._thread.start()
         sessions.on_change(self._on_session_change)
