@@ -5,8 +5,8 @@ every update with ``np.load`` (a full copy) and allocates a temporary for ``valu
 weight`` per update. This version reads each update's ``.npy`` bytes in place (a read-only
 torch view) and adds it into one accumulator with ``add_(alpha=weight)``: per update, one
 in-place pass on torch's threads and no allocation. Same semantics: weights from the named
-metric, normalised; result dtype is the arrays' dtype. :func:`install` swaps it into flwr for the coordinator's job worker; a test
-checks it against Flower's own on the same updates.
+metric, normalised; result dtype is the arrays' dtype. :func:`install` swaps it into flwr
+for the coordinator's job worker; a test checks it against Flower's own on the same updates.
 """
 
 from __future__ import annotations
@@ -92,4 +92,4 @@ def install() -> None:
 
     for module in (strategy_utils, fedavg, multikrum):
         if hasattr(module, "aggregate_arrayrecords"):
-            module.aggregate_arrayrecords = aggregate_arrayrecords
+            module.aggregate_arrayrecords = aggregate_arrayrecords  # type: ignore[attr-defined]
