@@ -23,6 +23,7 @@ from insitu.rpc.methods import Resource as MethodResource
 __all__ = ["CoordinatorAuthorizer", "ResourceResolver"]
 
 _CACHE_S = 2.0
+_DECISION_TTL_S = 1.0
 # Builds the policy resource for an action from (principal, bare resource, request).
 ResourceResolver = Callable[[Principal, MethodResource, Any], Resource | EntityRef]
 
@@ -38,12 +39,17 @@ class CoordinatorAuthorizer:
         self.resolvers: dict[str, ResourceResolver] = {}
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, tuple[RoleBinding, ...]]] = {}
+        # Decisions on plain entity references (sites, the federation) for the same caller
+        # certificate repeat often (health, list, get); reuse them briefly. Keyed by policy
+        # hash, so a reload never reuses a decision of the old set; role changes clear it.
+        self._decisions: dict[tuple[str, int, str, str, str, str], tuple[float, Decision]] = {}
         self.on_bootstrap_seen: Callable[[str], None] | None = None
         self._bootstraps_seen: set[str] = set()
 
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._decisions.clear()
 
     def bindings(self, principal: Principal) -> tuple[RoleBinding, ...]:
         uri = principal.spiffe_id.uri
@@ -103,10 +109,18 @@ class CoordinatorAuthorizer:
                 raise  # a precise answer about the request, not a policy decision
             return _deny(e.detail)
         ctx: dict[str, Any] = {"now": int(time.time())}
+        key = None
         if context.get("emergency_access"):
             ctx["emergency_access"] = True
             ctx["reason"] = context.get("reason", "")
-        return self.engine.authorize(
+        elif isinstance(res, EntityRef):
+            key = (principal.spiffe_id.uri, principal.cert_serial, action, res.type, res.id,
+                   self.engine.policy_hash)
+            with self._lock:
+                hit = self._decisions.get(key)
+            if hit is not None and time.monotonic() < hit[0]:
+                return hit[1]
+        decision = self.engine.authorize(
             AuthzRequest(
                 principal=principal,
                 bindings=self.bindings(principal),
@@ -115,6 +129,12 @@ class CoordinatorAuthorizer:
                 context=ctx,
             )
         )
+        if key is not None:
+            with self._lock:
+                if len(self._decisions) > 4096:
+                    self._decisions.clear()
+                self._decisions[key] = (time.monotonic() + _DECISION_TTL_S, decision)
+        return decision
 
     def check(self, principal: Principal, action: str, resource: Resource | EntityRef) -> bool:
         """Domain check inside a handler (e.g. filtering a list)."""
