@@ -34,6 +34,7 @@ from coordinator.sessions import Session, SessionRegistry
 from insitu._proto.v1 import jobs_pb2, session_pb2
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, load_component, unpack_app
+from insitu.flower.config import config_value
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
 from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
@@ -147,17 +148,6 @@ def _validate(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
         len(k) > 64 or len(v) > 256 for k, v in req.run_config.items()
     ):
         raise bad("run_config is too large")
-
-
-def _config_value(v: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v
 
 
 class JobManager:
@@ -455,7 +445,7 @@ class JobManager:
                 "fraction-evaluate": 1.0,
             }
         )
-        run_config.update({k: _config_value(v) for k, v in job.run_config.items()})
+        run_config.update({k: config_value(v) for k, v in job.run_config.items()})
         context = Context(
             run_id=job.run_id,
             node_id=SUPERLINK_NODE_ID,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from insitu._proto.v1 import session_pb2
 from insitu.audit import AuditLog, SqliteAuditStore
-from insitu.audit.signing import LocalSigner
+from insitu.audit.signing import LocalSigner, load_or_create_signer
 from insitu.authz import EntityRef, Resource
 from insitu.authz.bundle import default_policy_dir
 from insitu.errors import ErrorCode, InsituError
-from insitu.identity.credentials import Credentials, write_private_file
+from insitu.identity.credentials import Credentials
 from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.audit import RpcAuditor
 from insitu.telemetry.setup import start_observability
@@ -48,15 +48,7 @@ AUDIT_KEY_NAME = "insitu-site-audit"
 
 def site_audit_signer(site_dir: Path) -> LocalSigner:
     """The site's checkpoint-signing key, created on first use with mode 0600."""
-    path = site_dir / AUDIT_KEY_FILE
-    if not path.exists():
-        signer = LocalSigner.generate()
-        tmp = site_dir / f".{AUDIT_KEY_FILE}.new"
-        signer.save(tmp)
-        data = tmp.read_bytes()
-        tmp.unlink()
-        write_private_file(path, data)
-    return LocalSigner.from_file(path)
+    return load_or_create_signer(site_dir / AUDIT_KEY_FILE)
 
 
 def _cert_not_after(tls_dir: Path) -> datetime | None:

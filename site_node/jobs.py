@@ -21,6 +21,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from insitu._proto.v1 import session_pb2
 from insitu.errors import InsituError
 from insitu.flower.bundle import unpack_app
+from insitu.flower.config import config_value
 from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.chunks import Reassembler, split_message
 from insitu.telemetry.tracing import extract_from_dict, tracer
@@ -143,7 +144,7 @@ class SiteJobs:
                 shutil.rmtree(app_dir)
             layout = unpack_app(p.app_bundle, app_dir)
             run_config: dict[str, str | int | float | bool] = dict(layout.config)
-            run_config.update({k: _value(v) for k, v in p.run_config.items()})
+            run_config.update({k: config_value(v) for k, v in p.run_config.items()})
             if dp_eps > 0:
                 run_config.update(
                     {
@@ -276,14 +277,3 @@ class SiteJobs:
             jobs = list(self._jobs)
         for j in jobs:
             self._end(j, "site shutdown")
-
-
-def _value(v: str) -> str | int | float | bool:
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v

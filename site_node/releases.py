@@ -18,9 +18,8 @@ import numpy as np
 
 from insitu._proto.v1 import session_pb2, site_pb2
 from insitu.attestation import SignedAttestation, sign_attestation
-from insitu.audit.signing import LocalSigner
+from insitu.audit.signing import LocalSigner, load_or_create_signer
 from insitu.errors import ErrorCode, InsituError
-from insitu.identity.credentials import write_private_file
 from site_node.data.connectors import DatasetSpec, load_dataset
 from site_node.deid.release import prepare_release
 from site_node.egress import EgressGuard
@@ -38,15 +37,7 @@ Audit = Callable[[str, dict[str, Any]], None]
 
 def attestation_signer(site_dir: Path) -> LocalSigner:
     """The site's release-attestation key (Ed25519), created on first use, mode 0600."""
-    path = site_dir / ATTESTATION_KEY_FILE
-    if not path.exists():
-        signer = LocalSigner.generate()
-        tmp = site_dir / f".{ATTESTATION_KEY_FILE}.new"
-        signer.save(tmp)
-        data = tmp.read_bytes()
-        tmp.unlink()
-        write_private_file(path, data)
-    return LocalSigner.from_file(path)
+    return load_or_create_signer(site_dir / ATTESTATION_KEY_FILE)
 
 
 class PseudonymHolder:

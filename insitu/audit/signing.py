@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from insitu.errors import ErrorCode, InsituError
 
-__all__ = ["LocalSigner"]
+__all__ = ["LocalSigner", "load_or_create_signer"]
 
 
 class LocalSigner:
@@ -71,3 +71,17 @@ class LocalSigner:
 
     def __repr__(self) -> str:
         return "LocalSigner(<private key redacted>)"
+
+
+def load_or_create_signer(path: Path) -> LocalSigner:
+    """The Ed25519 key at ``path``, generated on first use (mode 0600 from the start)."""
+    if not path.exists():
+        from insitu.identity.credentials import write_private_file
+
+        seed = LocalSigner.generate()._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        write_private_file(path, base64.b64encode(seed) + b"\n")
+    return LocalSigner.from_file(path)

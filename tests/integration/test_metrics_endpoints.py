@@ -51,7 +51,7 @@ def test_coordinator_and_site_expose_metrics_and_prometheus_scrapes_them(
         assert "hospital-x" not in c_text + s_text  # labels carry kinds, never names
         prometheus = shutil.which("prometheus")
         if prometheus is None:
-            pytest.skip("Debian's prometheus is not installed (make test installs it)")
+            pytest.skip(reason="Debian prometheus is not installed (make test installs it)")
         port = free_port()
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text(
