@@ -38,6 +38,14 @@ Send = Callable[[session_pb2.SiteMessage], None]
 Audit = Callable[[str, dict[str, str]], None]
 
 
+def send_quietly(send: Send, msg: session_pb2.SiteMessage) -> None:
+    """Send, or log that the session dropped (the coordinator re-proposes on reconnect)."""
+    try:
+        send(msg)
+    except InsituError as e:
+        log.warning("could not send %s: %s", msg.WhichOneof("body"), e.detail)
+
+
 def node_id_for(spiffe_uri: str) -> int:
     # Must equal coordinator.flower_compat.node_id_for (sites and coordinator agree).
     n = int.from_bytes(hashlib.sha256(spiffe_uri.encode()).digest()[:8], "big") & ((1 << 63) - 1)
@@ -114,7 +122,8 @@ class SiteJobs:
                 "reason": reason[:200],
             },
         )
-        self.send(
+        send_quietly(
+            self.send,
             session_pb2.SiteMessage(
                 job_decision=session_pb2.JobDecision(
                     job_id=p.job_id,
@@ -122,7 +131,7 @@ class SiteJobs:
                     reason=reason,
                     dataset_fingerprint=fingerprint,
                 )
-            )
+            ),
         )
 
     def _check_and_start(self, p: session_pb2.JobProposal) -> tuple[bool, str, str]:

@@ -207,6 +207,8 @@ class SiteSession:
                 audit_key=self.audit_key,
                 witnessed_size=self.witnessed_size(),
             )
+            # Replies to what arrives right after Welcome go on this stream.
+            self._current = stream
             stream.start()
             if not self._await_welcome(stream):
                 self._fail(stream)

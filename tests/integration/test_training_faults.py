@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -190,18 +191,27 @@ def test_site_killed_mid_job_round_completes_and_site_rejoins(
             return original(job, message_id, request)
 
         c_jobs._handle = held  # type: ignore[method-assign]
+        gate = threading.Event()
+        gate.set()
+        a_jobs = fed.daemons["hospital-a"].jobs
+        a_original = a_jobs._handle
+
+        def gated(job, message_id, request):  # type: ignore[no-untyped-def]
+            gate.wait(120)
+            return a_original(job, message_id, request)
+
+        a_jobs._handle = gated  # type: ignore[method-assign]
         assert entered.wait(300), "round 2 never reached hospital-c"
+        # Hold hospital-a from now until the restarted site has re-approved the job: rounds
+        # here are faster than a worker's start, and a later round must sample the site.
+        gate.clear()
         fed.stop_site("hospital-c")
         release.set()
-        rounds: list[session_pb2.RoundSummary] = []
-        restarted = False
-        for ev in fed.engineer.watch_job(job.job_id, timeout=600):
-            if not ev.HasField("round"):
-                continue
-            rounds.append(ev.round)
-            if not restarted and "hospital-c" in ev.round.sites_failed:
-                fed.start_site("hospital-c")
-                restarted = True
+        again = fed.start_site("hospital-c")
+        threading.Thread(target=_open_when_approved, daemon=True,
+                         args=(again, job.job_id, gate)).start()
+        rounds = [ev.round for ev in fed.engineer.watch_job(job.job_id, timeout=600)
+                  if ev.HasField("round")]
         final = fed.engineer.get_job(job.job_id)
         assert final.state == SUCCEEDED, final.error
         trains = [r for r in rounds if r.phase == "train"]
@@ -212,6 +222,14 @@ def test_site_killed_mid_job_round_completes_and_site_rejoins(
         assert any("hospital-c" in r.sites_ok for r in later), "the site should rejoin"
     finally:
         fed.close()
+
+
+def _open_when_approved(daemon: object, job_id: str, gate: threading.Event) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job_id not in daemon.jobs.approved:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the coordinator see the decision before the next sampling
+    gate.set()
 
 
 @pytest.mark.slow
