@@ -352,5 +352,94 @@ def model_list(
     console.print(table)
 
 
+def _percent(text: str) -> float:
+    value = text.strip().rstrip("%")
+    try:
+        pct = float(value)
+    except ValueError:
+        raise InsituError(
+            ErrorCode.INVALID_ARGUMENT, f"--canary takes a percentage, not {text!r}"
+        ) from None
+    if not 0 < pct < 100:
+        raise InsituError(ErrorCode.INVALID_ARGUMENT, "--canary must be between 0% and 100%")
+    return pct
+
+
+@model_app.command("deploy")
+@cli_errors
+def model_deploy(
+    model: Annotated[str, typer.Argument(help="registry model name")],
+    version: Annotated[str, typer.Option(help="registry version, e.g. v3")],
+    site: Annotated[str, typer.Option(help="site that serves it")],
+    canary: Annotated[
+        str | None, typer.Option(help="route this share of callers, e.g. 10%")
+    ] = None,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """Have SITE fetch, verify (Vault signature) and serve or canary a model version."""
+    pct = _percent(canary) if canary is not None else 0.0
+    with connect(coordinator, identity, trust_domain, config) as c:
+        st = c.deploy_model(model, version, site, canary_percent=pct)
+    console.print(
+        f"{site}: serving v{st.serving_version}"
+        + (
+            f", canary v{st.canary_version} at {st.canary_percent:.0f}%"
+            if st.canary_version
+            else ""
+        )
+    )
+
+
+@model_app.command("promote")
+@cli_errors
+def model_promote(
+    model: str,
+    site: Annotated[str, typer.Option()],
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """Make SITE's canary version the serving version."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        st = c.promote_model(model, site)
+    console.print(f"{site}: serving v{st.serving_version}")
+
+
+@model_app.command("rollback")
+@cli_errors
+def model_rollback(
+    model: str,
+    site: Annotated[str, typer.Option()],
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """Withdraw SITE's canary, or go back to the previous serving version."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        st = c.rollback_model(model, site)
+    console.print(f"{site}: serving v{st.serving_version}")
+
+
+@model_app.command("grant")
+@cli_errors
+def model_grant(
+    model: str,
+    principal: Annotated[str, typer.Option(help="SPIFFE id allowed to predict")],
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """Allow PRINCIPAL (an inference_client) to call Predict with MODEL at the sites."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        c.grant_model(model, principal)
+    console.print(f"{principal} may predict with {model}")
+
+
 def main() -> None:
     app()
