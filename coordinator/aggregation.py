@@ -20,10 +20,10 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from numpy.typing import NDArray
 
-__all__ = ["aggregate_arrayrecords", "install"]
+__all__ = ["aggregate_arrayrecords", "array_view", "install"]
 
 
-def _view(arr: Array) -> NDArray[np.generic]:
+def array_view(arr: Array) -> NDArray[np.generic]:
     """A read-only view of an Array's numpy bytes (a copy only for other formats)."""
     if arr.stype != "numpy.ndarray":
         return cast(NDArray[np.generic], arr.numpy())
