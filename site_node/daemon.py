@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from site_node.approvals import ApprovedCode
 from site_node.deployments import SiteDeployments, pinned_verifier
 from site_node.egress import EgressGuard
 from site_node.enrol import pinned_coordinator_audit_key, pinned_model_keys
-from site_node.jobs import SiteJobs
 from site_node.releases import PseudonymHolder, SiteReleases, attestation_signer
 from site_node.serving.repository import ModelRepository
 from site_node.serving.service import ServingRuntime
@@ -35,6 +35,7 @@ from site_node.settings import SiteSettings
 from site_node.site_api import SiteApiServer
 from site_node.site_authz import SiteAuthorizer, SiteAuthState
 from site_node.training.datasets import load_datasets
+from site_node.training.jobs import JobSandboxing, SiteJobs
 from site_node.training.ledger import open_ledger
 from site_node.witness import SiteWitness
 
@@ -84,7 +85,8 @@ class SiteDaemon:
                 outcome="denied",
                 reason="egress_guard",
                 attrs={"reason": reason[:200]},
-            )
+            ),
+            bounds=settings.egress_bounds(),
         )
         self.attestation = attestation_signer(d)
         self.pseudonyms = PseudonymHolder()
@@ -117,10 +119,35 @@ class SiteDaemon:
             approvals=self.approvals,
             guard=self.guard,
             send=self.session.send,
-            audit=lambda event, attrs: self.auditor.event(
-                event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs
+            audit=self._job_event,
+            sandboxing=JobSandboxing(
+                settings.job_limits(), settings.job_gpus, settings.unsafe_unsandboxed_jobs
             ),
         )
+        self.session.status.sandbox = (
+            "off (unsafe_unsandboxed_jobs)" if settings.unsafe_unsandboxed_jobs else "bubblewrap"
+        )
+        if settings.unsafe_unsandboxed_jobs:
+            self.auditor.event(
+                "site.sandbox_disabled", "site.sandbox_disabled", ("Site", settings.site_id),
+                attrs={"setting": "unsafe_unsandboxed_jobs"},
+            )
+        # Inbound session messages by kind; job messages are routed by SiteJobs' own table.
+        self._routes: dict[str, Callable[[session_pb2.CoordinatorMessage], None]] = {
+            "authz_sync": self._on_authz_sync,
+            "model_deploy": lambda m: threading.Thread(
+                target=self.deployments.on_deploy, args=(m.model_deploy,), daemon=True
+            ).start(),
+            "model_control": lambda m: self.deployments.on_control(m.model_control),
+            "pseudonym_key": lambda m: self.pseudonyms.set(
+                m.pseudonym_key.key_id, m.pseudonym_key.key
+            ),
+            "feature_ack": lambda m: self.releases.on_ack(m.feature_ack),
+            "checkpoint_offer": lambda m: threading.Thread(
+                target=self.witness.on_offer, args=(m.checkpoint_offer,), daemon=True
+            ).start(),
+            **self.jobs.routes,
+        }
 
         self.runtime = ServingRuntime(
             ModelRepository(d / "models"), verifier=pinned_verifier(pinned_model_keys(d))
@@ -190,28 +217,23 @@ class SiteDaemon:
             {"dataset": ds_res, "site": EntityRef("Site", site), "job": job_res, "approved": False},
         )
 
+    def _job_event(self, event: str, attrs: dict[str, str]) -> None:
+        self.auditor.event(event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs)
+        if event == "job.start_unsandboxed":
+            self.session.status.unsandboxed_job_starts += 1
+
+    def _on_authz_sync(self, msg: session_pb2.CoordinatorMessage) -> None:
+        self.authz_state.update(msg.authz_sync)
+        if self.api is not None:
+            self.api.revocation.refresh()
+
     def _on_inbound(self, msg: session_pb2.CoordinatorMessage) -> None:
-        kind = msg.WhichOneof("body")
-        if kind == "authz_sync":
-            self.authz_state.update(msg.authz_sync)
-            if self.api is not None:
-                self.api.revocation.refresh()
-        elif kind == "model_deploy":
-            threading.Thread(
-                target=self.deployments.on_deploy, args=(msg.model_deploy,), daemon=True
-            ).start()
-        elif kind == "model_control":
-            self.deployments.on_control(msg.model_control)
-        elif kind == "pseudonym_key":
-            self.pseudonyms.set(msg.pseudonym_key.key_id, msg.pseudonym_key.key)
-        elif kind == "feature_ack":
-            self.releases.on_ack(msg.feature_ack)
-        elif kind == "checkpoint_offer":
-            threading.Thread(
-                target=self.witness.on_offer, args=(msg.checkpoint_offer,), daemon=True
-            ).start()
-        else:
-            self.jobs.on_message(msg)
+        kind = msg.WhichOneof("body") or ""
+        route = self._routes.get(kind)
+        if route is None:
+            log.warning("coordinator message %r has no route at this site: ignored", kind)
+            return
+        route(msg)
 
     def run(self) -> None:
         """Blocking until :meth:`stop`; raises SiteRefused if the federation refuses us."""

@@ -50,6 +50,8 @@ class SessionStatus:
     last_error: str = ""
     api_port: int = 0
     metrics_port: int = 0
+    sandbox: str = "bubblewrap"  # or "off (unsafe_unsandboxed_jobs)"
+    unsandboxed_job_starts: int = 0
 
 
 Inbound = Callable[[session_pb2.CoordinatorMessage], None]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from insitu.errors import ErrorCode, InsituError
+from insitu.sandbox.limits import Limits
 from insitu.settings import load_settings
+from site_node.egress import EgressBounds
 
 __all__ = ["SiteSettings", "load_site_settings"]
 
@@ -30,6 +33,21 @@ class SiteSettings:
     witness_interval_s: float = 5.0
     metrics_listen: str = "127.0.0.1:0"
     trace_exporter: str = "none"
+    # Job code runs in a bubblewrap sandbox. Only this flag runs it unsandboxed (as the
+    # daemon's user, with its files and network); every such job start is audited.
+    unsafe_unsandboxed_jobs: bool = False
+    # Ceilings for one job worker; an app may request less in [tool.insitu.resources].
+    job_memory_mb: int = 8192
+    job_cpu_seconds: int = 86_400
+    job_processes: int = 256
+    job_open_files: int = 1024
+    job_scratch_mb: int = 1024
+    job_message_timeout_s: float = 600.0
+    job_gpus: tuple[int, ...] = ()  # GPU indices jobs may be granted (one per job)
+    # The egress contract's bounds on one reply's metric and config records.
+    egress_max_entries: int = 64
+    egress_max_list_length: int = 64
+    egress_max_record_bytes: int = 16 * 1024
 
     @property
     def tls_dir(self) -> Path:
@@ -39,11 +57,38 @@ class SiteSettings:
     def server_name(self) -> str:
         return f"coordinator.{self.trust_domain}"
 
+    def job_limits(self) -> Limits:
+        """The site's ceilings for one job worker."""
+        return Limits(
+            memory_mb=self.job_memory_mb,
+            cpu_seconds=self.job_cpu_seconds,
+            processes=self.job_processes,
+            open_files=self.job_open_files,
+            scratch_mb=self.job_scratch_mb,
+            message_timeout_s=self.job_message_timeout_s,
+        )
+
+    def egress_bounds(self) -> EgressBounds:
+        return EgressBounds(
+            max_entries=self.egress_max_entries,
+            max_list_length=self.egress_max_list_length,
+            max_record_bytes=self.egress_max_record_bytes,
+        )
+
 
 def load_site_settings(site_dir: Path, **overrides: object) -> SiteSettings:
-    return load_settings(
-        SiteSettings,
-        "site",
-        file=site_dir / SITE_FILE,
-        overrides={"site_dir": str(site_dir), **overrides},
+    """Load and check ``<site-dir>/site.toml``; a bad job limit, GPU index or egress
+    bound fails here, naming the file and the field."""
+    file = site_dir / SITE_FILE
+    settings = load_settings(
+        SiteSettings, "site", file=file, overrides={"site_dir": str(site_dir), **overrides}
     )
+    try:
+        settings.job_limits()
+        settings.egress_bounds()
+    except InsituError as err:
+        raise InsituError(ErrorCode.CONFIG, f"{file} [site]: {err.detail}") from None
+    for gpu in settings.job_gpus:
+        if gpu < 0:
+            raise InsituError(ErrorCode.CONFIG, f"{file} [site]: job_gpus entries must be >= 0")
+    return settings

@@ -7,7 +7,8 @@ unchanged::
       pyproject.toml      [tool.flwr.app.components] serverapp = "pkg.server_app:app"
                                                      clientapp = "pkg.client_app:app"
                           [tool.flwr.app.config]     run config defaults
-                          [tool.insitu]              onnx-export = "pkg.task:export_onnx" (optional)
+                          [tool.insitu]              onnx-export, declared metric keys, resources
+                                                     (see insitu.flower.declaration)
       pkg/__init__.py, pkg/client_app.py, pkg/server_app.py, ...
 
 The bundle bytes are what gets hashed (:func:`code_hash`), approved by each site, and
@@ -35,6 +36,7 @@ from flwr.common.config import flatten_dict, validate_fields_in_config
 from flwr.supercore.object_ref import load_app
 
 from insitu.errors import ErrorCode, InsituError
+from insitu.flower.declaration import AppDeclaration, parse_declaration
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
@@ -75,6 +77,7 @@ class AppLayout:
     clientapp: str
     onnx_export: str | None = None
     config: UserConfig = field(default_factory=dict)
+    declaration: AppDeclaration = field(default_factory=AppDeclaration)
 
     def run_config(self, overrides: Mapping[str, UserConfigValue] | None = None) -> UserConfig:
         """The app's default run config (flattened) with ``overrides`` applied.
@@ -303,7 +306,9 @@ def read_app(directory: Path) -> AppLayout:
         raise InsituError(ErrorCode.INVALID_ARGUMENT, f"{toml_path}: " + "; ".join(errors))
     app = config["tool"]["flwr"]["app"]
     components = app["components"]
-    onnx_export = config["tool"].get("insitu", {}).get("onnx-export")
+    insitu_table = config["tool"].get("insitu", {})
+    declaration = parse_declaration(insitu_table, where=str(toml_path))
+    onnx_export = insitu_table.get("onnx-export")
     if onnx_export is not None:
         onnx_export = _component({"onnx-export": onnx_export}, "onnx-export", toml_path)
     return AppLayout(
@@ -315,6 +320,7 @@ def read_app(directory: Path) -> AppLayout:
         clientapp=_component(components, "clientapp", toml_path),
         onnx_export=onnx_export,
         config=flatten_dict(app.get("config", {})),
+        declaration=declaration,
     )
 
 

@@ -8,6 +8,8 @@
     label = "target"               # the label column
     purposes = ["training", "evaluation"]
     epsilon_budget = 8.0           # total DP epsilon this dataset may ever spend
+    dp = { clip_norm = 1.0, noise_multiplier = 1.1, delta = 1e-5 }  # optional: site-enforced DP
+    require_dp = true              # optional: refuse jobs that bring no DP settings
 
 Only names and fingerprints (SHA-256 of the file bytes) leave the site, for model lineage.
 A job's ClientApp gets the *local path* in its ``node_config``; rows never go into a
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from insitu.errors import ErrorCode, InsituError
+from site_node.training.dp import DpPolicy
 
 if TYPE_CHECKING:  # pandas is heavy; the daemon imports it only when it reads a file
     import pandas as pd
@@ -44,7 +47,7 @@ FORMATS: Final = frozenset({"csv", "parquet"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FIELDS: Final = frozenset({"path", "format", "label", "purposes", "epsilon_budget"})
 # A de-identification policy (policies/deid/*.yaml) makes a dataset releasable as features.
-_OPTIONAL: Final = frozenset({"policy"})
+_OPTIONAL: Final = frozenset({"policy", "dp", "require_dp"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class RegisteredDataset:
     purposes: tuple[str, ...]
     epsilon_budget: float
     policy: Path | None = None
+    dp: DpPolicy | None = None  # the site clips and noises every update from this dataset
+    require_dp: bool = False  # jobs without DP settings are refused
 
 
 def _error(where: str, detail: str) -> InsituError:
@@ -101,6 +106,14 @@ def _parse_one(name: str, raw: Any, site_dir: Path, where: str) -> RegisteredDat
         policy = Path(raw["policy"]).expanduser()
         if not policy.is_absolute():
             policy = site_dir / policy
+    dp: DpPolicy | None = None
+    if "dp" in raw:
+        if not isinstance(raw["dp"], dict):
+            raise _error(where, "dp must be a table { clip_norm, noise_multiplier, delta }")
+        dp = DpPolicy.parse(raw["dp"], where)
+    require_dp = raw.get("require_dp", False)
+    if not isinstance(require_dp, bool):
+        raise _error(where, "require_dp must be true or false")
     return RegisteredDataset(
         name=name,
         path=resolved,
@@ -109,6 +122,8 @@ def _parse_one(name: str, raw: Any, site_dir: Path, where: str) -> RegisteredDat
         purposes=tuple(dict.fromkeys(purposes)),
         epsilon_budget=float(budget),
         policy=policy,
+        dp=dp,
+        require_dp=require_dp,
     )
 
 

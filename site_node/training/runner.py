@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Final, Literal
 
@@ -46,6 +46,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from google.protobuf.message import DecodeError
 
 from insitu.errors import ErrorCode, InsituError
+from insitu.sandbox import HostLauncher, Launcher, Limits
 from site_node.training.protocol import (
     FrameKind,
     decode_json,
@@ -53,6 +54,7 @@ from site_node.training.protocol import (
     read_frame,
     write_frame,
 )
+from site_node.training.reply import ParsedReply
 
 __all__ = [
     "ALLOWED_CATEGORIES",
@@ -72,6 +74,9 @@ AuditCallback = Callable[[Direction, str, int, bool], None]
 incoming message and for a reply that carries an error."""
 
 ALLOWED_CATEGORIES: Final = frozenset({"train", "evaluate", "query"})
+# Limits of an unsandboxed runner built without a launcher (the runner's unit tests).
+DEFAULT_LIMITS: Final = Limits(memory_mb=16_384, cpu_seconds=86_400, processes=4096,
+                               open_files=4096, scratch_mb=1024, message_timeout_s=600.0)
 MAX_REPLY_BYTES: Final = 2 * 1024**3 - 1
 # Variables a job legitimately needs (toolchain, locale, GPU selection, thread pools).
 # Everything else stays out: the daemon's environment may hold tokens.
@@ -147,10 +152,11 @@ def error_reply(
 class _Worker:
     """One worker process plus the threads that read its stdout frames and stderr log."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, tag: str) -> None:
+    def __init__(self, argv: list[str], launcher: Launcher, tag: str) -> None:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=cwd, start_new_session=True,  # own group: kill its children too
+            env=launcher.env, cwd=launcher.cwd,
+            start_new_session=True,  # own group: kill its children too
         )
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.stdin: IO[bytes] = self.proc.stdin
@@ -215,14 +221,12 @@ class ClientAppRunner:
         node_id: int,
         *,
         run_config: Mapping[str, UserConfigValue] | None = None,
-        timeout_s: float = 600.0,
+        timeout_s: float | None = None,
         startup_timeout_s: float = 120.0,
         on_message: AuditCallback | None = None,
         allowed_categories: frozenset[str] = ALLOWED_CATEGORIES,
         max_reply_bytes: int = MAX_REPLY_BYTES,
-        env: Mapping[str, str] | None = None,
-        workdir: Path | None = None,
-        launcher: Sequence[str] = (),
+        launcher: Launcher | None = None,
     ) -> None:
         _check_node_config(node_config)
         if not allowed_categories <= ALLOWED_CATEGORIES:
@@ -236,16 +240,21 @@ class ClientAppRunner:
         self.run_config: UserConfig = dict(run_config or {})
         self.run_id = run_id
         self.node_id = node_id
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s if timeout_s is not None else (
+            launcher.limits.message_timeout_s if launcher is not None else 600.0
+        )
         self.startup_timeout_s = startup_timeout_s
         self.on_message = on_message
         self.allowed_categories = allowed_categories
         self.max_reply_bytes = max_reply_bytes
-        self._env = dict(env) if env is not None else worker_env()
-        self._workdir = Path(workdir) if workdir is not None else self.app_dir
-        # e.g. ("setpriv", "--reuid", "insitu-job", ...) or a bwrap/container wrapper: a
-        # separate uid keeps job code away from the daemon's key files on disk too.
-        self._argv = [*launcher, sys.executable, "-m", "site_node.training.worker"]
+        # Where the worker runs: a bubblewrap sandbox (the site's default) or, only for
+        # unsafe_unsandboxed_jobs and the runner's own unit tests, a plain child process.
+        self.launcher: Launcher = launcher or HostLauncher(
+            DEFAULT_LIMITS, worker_env(), self.app_dir
+        )
+        self._argv = self.launcher.command(
+            [sys.executable, "-m", "site_node.training.worker"]
+        )
         self._worker: _Worker | None = None
         self._state: bytes | None = None  # context.state after the last good message
         self._lock = threading.Lock()
@@ -290,10 +299,10 @@ class ClientAppRunner:
             self._worker.kill()
             self._worker = None
         tag = f"job-worker run={self.run_id}"
-        worker = _Worker(self._argv, self._env, self._workdir, tag)
+        worker = _Worker(self._argv, self.launcher, tag)
         self.starts += 1
         init = {
-            "app_dir": str(self.app_dir), "clientapp": self.clientapp_ref,
+            "app_dir": self.launcher.inside(self.app_dir), "clientapp": self.clientapp_ref,
             "node_config": self.node_config, "run_config": self.run_config,
             "run_id": self.run_id, "node_id": self.node_id,
         }
@@ -339,12 +348,7 @@ class ClientAppRunner:
         if self.on_message is not None:
             self.on_message(direction, message_type, size, ok)
 
-    def _admit(self, data: bytes) -> ProtoMessage:
-        try:
-            request = ProtoMessage.FromString(data)
-        except DecodeError:
-            self._audit("in", "<undecodable>", len(data), False)
-            raise InsituError(ErrorCode.INVALID_ARGUMENT, "task is not a Flower message") from None
+    def _admit(self, request: ProtoMessage, size: int) -> None:
         meta = request.metadata
         reason = None
         if not message_type_allowed(meta.message_type, self.allowed_categories):
@@ -357,10 +361,9 @@ class ClientAppRunner:
         elif meta.reply_to_message_id or not meta.message_id or request.HasField("error"):
             reason = (ErrorCode.INVALID_ARGUMENT, "task is not an instruction message")
         if reason is not None:
-            self._audit("in", meta.message_type, len(data), False)
+            self._audit("in", meta.message_type, size, False)
             raise InsituError(*reason)
-        self._audit("in", meta.message_type, len(data), True)
-        return request
+        self._audit("in", meta.message_type, size, True)
 
     def handle(self, message: bytes) -> bytes:
         """Run one task message through the ClientApp; return the reply's proto bytes.
@@ -368,18 +371,30 @@ class ClientAppRunner:
         Raises :class:`InsituError`: PERMISSION_DENIED (refused type, run or node),
         INVALID_ARGUMENT (not a Flower instruction message), DEADLINE_EXCEEDED (worker
         killed after ``timeout_s``), UNAVAILABLE (worker crashed; the next call restarts
-        it), INTEGRITY (the reply does not answer the request), RESOURCE_EXHAUSTED (reply
-        over ``max_reply_bytes``), or the worker's own error (e.g. the app fails to load).
-        A ClientApp that *raises* yields a normal Flower error reply, as in Flower.
+        it), RESOURCE_EXHAUSTED (a sandbox limit ended the worker, or the reply is over
+        ``max_reply_bytes``), INTEGRITY (the reply does not answer the request), or the
+        worker's own error (e.g. the app fails to load). A ClientApp that *raises* yields
+        a normal Flower error reply, as in Flower.
         """
+        try:
+            request = ProtoMessage.FromString(message)
+        except DecodeError:
+            self._audit("in", "<undecodable>", len(message), False)
+            raise InsituError(ErrorCode.INVALID_ARGUMENT, "task is not a Flower message") from None
+        return self.run(request, message).raw
+
+    def run(self, request: ProtoMessage, data: bytes | None = None) -> ParsedReply:
+        """As :meth:`handle`, for an instruction already decoded (``data`` its bytes, if
+        the caller has them); returns the reply parsed once."""
         with self._lock:
-            request = self._admit(message)
+            self._admit(request, len(data) if data is not None else request.ByteSize())
             meta = request.metadata
             what = f"{meta.message_type} message {meta.message_id}"
             worker = self._ensure_worker()
+            payload_in = data if data is not None else request.SerializeToString()
             # If it died, the write fails; the frame reader then reports how it ended.
             with contextlib.suppress(OSError):
-                worker.send_frame(FrameKind.REQUEST, message)
+                worker.send_frame(FrameKind.REQUEST, payload_in)
             deadline = time.monotonic() + self.timeout_s
             state: bytes | None = None
             while True:
@@ -390,23 +405,26 @@ class ClientAppRunner:
                 elif kind is FrameKind.REPLY:
                     break
                 elif kind is FrameKind.ERROR:
-                    raise _worker_error(payload, what)
+                    err = _worker_error(payload, what)
+                    if err.code is ErrorCode.RESOURCE_EXHAUSTED:
+                        worker.kill()  # a limit ends the worker; the next message restarts it
+                    raise err
                 else:
                     worker.kill()
                     raise InsituError(ErrorCode.INTERNAL, f"worker sent {kind.name} during {what}")
             reply = self._check_reply(request, payload)
             if state is not None:
                 self._state = state
-            self._audit("out", meta.message_type, len(payload), not reply.HasField("error"))
-            return payload
+            self._audit("out", meta.message_type, len(payload), reply.error_code is None)
+            return reply
 
-    def _check_reply(self, request: ProtoMessage, data: bytes) -> ProtoMessage:
+    def _check_reply(self, request: ProtoMessage, data: bytes) -> ParsedReply:
         if len(data) > self.max_reply_bytes:
             raise InsituError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"reply of {len(data)} bytes exceeds the site's limit of {self.max_reply_bytes}",
             )
-        reply = ProtoMessage.FromString(data)
+        reply = ParsedReply.parse(data)
         want, got = request.metadata, reply.metadata
         mismatches = [
             name for name, ok in (

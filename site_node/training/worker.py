@@ -132,6 +132,11 @@ class _Worker:
                 )
             else:
                 ok = True
+        except MemoryError:
+            # The sandbox's memory limit: this worker ends; the daemon answers the message
+            # with a code-only error and starts a fresh worker for the next one.
+            self._send_error(ErrorCode.RESOURCE_EXHAUSTED, "ClientApp exceeded the memory limit")
+            os._exit(3)
         except Exception as err:
             # The full traceback stays in the site's own log. The reply that leaves the
             # site names only the exception type: messages can quote local data.

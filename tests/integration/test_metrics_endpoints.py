@@ -25,7 +25,7 @@ SERIES_BOTH = ("insitu_rpc_requests_total", "insitu_rpc_latency_seconds",
 
 
 def _get(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return str(r.read().decode())
 
 
@@ -67,7 +67,7 @@ def test_coordinator_and_site_expose_metrics_and_prometheus_scrapes_them(
                 url = (f"http://127.0.0.1:{port}/api/v1/query?"
                        "query=count%20by%20(job)%20(insitu_rpc_requests_total)")
                 try:
-                    with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
+                    with urllib.request.urlopen(url, timeout=2) as r:
                         res = json.loads(r.read())["data"]["result"]
                 except OSError:
                     return False

@@ -32,8 +32,9 @@ from insitu.flower import (
     pack_app,
     unpack_app,
 )
+from insitu.sandbox import HostLauncher
 from site_node.training import ClientAppRunner, build_node_config, error_reply
-from site_node.training.runner import worker_env
+from site_node.training.runner import DEFAULT_LIMITS, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +99,9 @@ def _run_federation(
             layout.directory, layout.clientapp, config, run_id, 100 + i,  # type: ignore[arg-type]
             run_config=fused, timeout_s=180,
             # Three workers share a small CI machine: one intra-op thread each.
-            env={**worker_env(), "OMP_NUM_THREADS": "1"},
+            launcher=HostLauncher(
+                DEFAULT_LIMITS, {**worker_env(), "OMP_NUM_THREADS": "1"}, layout.directory
+            ),
         )
         for i, config in enumerate(node_configs)
     }

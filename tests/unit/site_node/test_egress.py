@@ -6,14 +6,17 @@ import hashlib
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from insitu._proto.v1 import session_pb2
 from insitu.attestation import ATTESTATION_TYPE, sign_attestation
 from insitu.audit.signing import LocalSigner
-from site_node.egress import EgressGuard, EgressRefused
+from insitu.flower.declaration import AppDeclaration
+from insitu.flower.refusals import SiteRefusal, refusal_text
+from site_node.egress import EgressBounds, EgressGuard, EgressRefused
+from site_node.training.reply import ParsedInstruction, ParsedReply
 
 
 def _guard() -> tuple[EgressGuard, list[tuple[str, str]]]:
@@ -44,36 +47,141 @@ def test_control_messages_pass_and_unknown_kinds_are_refused() -> None:
     assert [k for k, _ in refused] == ["empty", "task_reply"]
 
 
-def test_reply_must_match_the_global_model_and_carry_no_text() -> None:
+DECL = AppDeclaration(metric_keys=frozenset({"num-examples", "train-loss"}))
+
+
+def _reply(ins: Message, content: RecordDict) -> ParsedReply:
+    return ParsedReply.parse(message_to_proto(Message(content, reply_to=ins)).SerializeToString())
+
+
+def _owed(g: EgressGuard, ins: Message) -> None:
+    g.register_job("j", DECL)
+    g.expect_reply("j", "m1", ParsedInstruction.parse(message_to_proto(ins)).arrays)
+
+
+def _arrays(shape: tuple[int, ...] = (2, 3), dtype: type = np.float32) -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.zeros(shape, dtype))})
+
+
+CANARY = "CANARY-7f3a Jane Doe, MRN 123"
+
+
+@pytest.mark.parametrize(
+    ("content", "refusal", "rule"),
+    [
+        (RecordDict({"arrays": _arrays((2, 4))}), SiteRefusal.ARRAYS_MISMATCH, "arrays differ"),
+        (RecordDict({"arrays": _arrays(dtype=np.float64)}), SiteRefusal.ARRAYS_MISMATCH,
+         "arrays differ"),
+        (RecordDict({"arrays": _arrays(), "extra": _arrays()}), SiteRefusal.ARRAYS_MISMATCH,
+         "arrays differ"),
+        (RecordDict({"other": _arrays()}), SiteRefusal.ARRAYS_MISMATCH, "arrays differ"),
+        (RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)),
+                                            "w2": Array(np.zeros(3, np.float32))})}),
+         SiteRefusal.ARRAYS_MISMATCH, "arrays differ"),
+        (RecordDict({"arrays": _arrays(), "metrics": ConfigRecord({"train-loss": CANARY})}),
+         SiteRefusal.METRIC_VALUE_NOT_NUMERIC, "text or bytes"),
+        (RecordDict({"arrays": _arrays(), "metrics": ConfigRecord({"train-loss": CANARY.encode()})}),
+         SiteRefusal.METRIC_VALUE_NOT_NUMERIC, "text or bytes"),
+        (RecordDict({"arrays": _arrays(), "metrics": MetricRecord({CANARY.replace(" ", ""): 1.0})}),
+         SiteRefusal.METRIC_KEY_UNDECLARED, "key not declared"),
+        (RecordDict({"arrays": _arrays(), CANARY: MetricRecord({"train-loss": 1.0})}),
+         SiteRefusal.METRIC_RECORD_UNDECLARED, "record name not declared"),
+        (RecordDict({"arrays": _arrays(), "metrics": MetricRecord({"train-loss": [1.0] * 65})}),
+         SiteRefusal.METRICS_TOO_LARGE, "list longer"),
+    ],
+)
+def test_reply_breaking_the_contract_is_refused_and_audited_without_payload(
+    content: RecordDict, refusal: SiteRefusal, rule: str
+) -> None:
     g, refused = _guard()
     ins = _instruction()
-    g.expect_reply("j", "m1", message_to_proto(ins))
-    bad = Message(
-        RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros((2, 4), np.float32))})}),
-        reply_to=ins,
-    )
-    with pytest.raises(EgressRefused, match="does not match"):
-        g.check_reply("j", "m1", message_to_proto(bad), 100)
-    g.expect_reply("j", "m1", message_to_proto(ins))
-    leak = Message(
-        RecordDict(
-            {"arrays": ins.content["arrays"], "cfg": ConfigRecord({"note": "Jane Doe, MRN 123"})}
-        ),
-        reply_to=ins,
-    )
-    with pytest.raises(EgressRefused, match="text or bytes"):
-        g.check_reply("j", "m1", message_to_proto(leak), 100)
-    # an answer to an instruction that never came is refused too
+    _owed(g, ins)
+    with pytest.raises(EgressRefused, match=rule) as err:
+        g.check_reply("j", "m1", _reply(ins, content))
+    assert err.value.refusal is refusal
+    assert len(refused) == 1 and refused[0][0] == "task_reply"
+    assert "CANARY" not in repr(refused) and "CANARY" not in str(err.value)
+    # the owed slot stays open for the code-only error reply that goes in its place
+    assert g.clear_error("j", "m1", refusal) == refusal_text(refusal)
+    g.admit(session_pb2.SiteMessage(
+        task_reply=session_pb2.TaskChunk(job_id="j", message_id="m1", last=True)))
+
+
+def test_entry_count_and_record_bytes_are_bounded() -> None:
+    g, _ = _guard()
+    g.bounds = EgressBounds(max_entries=2, max_record_bytes=10_000)
+    ins = _instruction()
+    _owed(g, ins)
+    many = MetricRecord({"num-examples": 1, "train-loss": 1.0})
+    many2 = ConfigRecord({"train-loss": 2.0})
+    decl = AppDeclaration(metric_keys=DECL.metric_keys,
+                          metric_records=frozenset({"metrics", "more"}))
+    g.register_job("j", decl)
+    with pytest.raises(EgressRefused, match="more than 2") as err:
+        g.check_reply("j", "m1", _reply(ins, RecordDict({"metrics": many, "more": many2})))
+    assert err.value.refusal is SiteRefusal.METRICS_TOO_LARGE
+    g.bounds = EgressBounds(max_record_bytes=64)
+    with pytest.raises(EgressRefused, match="bytes"):
+        g.check_reply("j", "m1", _reply(ins, RecordDict(
+            {"metrics": MetricRecord({"train-loss": [0.5] * 60})})))
+
+
+def test_arrays_answering_an_instruction_without_arrays_are_refused() -> None:
+    g, _ = _guard()
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    ins = Message(RecordDict(), dst_node_id=5, message_type="evaluate")
+    ins.metadata.__dict__["_message_id"] = "m1"
+    _owed(g, ins)
+    with pytest.raises(EgressRefused) as err:
+        g.check_reply("j", "m1", _reply(ins, RecordDict({"arrays": _arrays()})))
+    assert err.value.refusal is SiteRefusal.ARRAYS_UNEXPECTED
+
+
+def test_error_reply_leaves_with_its_code_only() -> None:
+    g, _ = _guard()
+    ins = _instruction()
+    _owed(g, ins)
+    err_reply = ParsedReply.parse(message_to_proto(
+        Message(Error(code=2, reason=CANARY), reply_to=ins)).SerializeToString())
+    with pytest.raises(EgressRefused) as err:
+        g.check_reply("j", "m1", err_reply)
+    assert err.value.refusal is SiteRefusal.ERROR_REASON_REPLACED
+    # a code outside the catalog (64 bits of data) is replaced too
+    assert g.public_code(0x7EADBEEF) == 2 and g.public_code(1011) == 1011
+    assert g.clear_error("j", "m1", 0x7EADBEEF) == "ClientApp raised an exception"
+
+
+def test_a_good_reply_leaves_once_and_only_for_an_owed_instruction() -> None:
+    g, refused = _guard()
+    ins = _instruction()
+    good = _reply(ins, RecordDict({"arrays": _arrays(),
+                                   "metrics": MetricRecord({"num-examples": 3, "train-loss": 0.1})}))
+    g.register_job("j", DECL)
     with pytest.raises(EgressRefused, match="no instruction"):
-        g.check_reply("j", "m1", message_to_proto(bad), 100)
-    g.expect_reply("j", "m1", message_to_proto(ins))
-    good = Message(RecordDict({"arrays": ins.content["arrays"]}), reply_to=ins)
-    g.check_reply("j", "m1", message_to_proto(good), 100)
+        g.check_reply("j", "m1", good)
+    _owed(g, ins)
+    g.check_reply("j", "m1", good)
+    g.release("j", "m1")
     chunk = session_pb2.TaskChunk(job_id="j", message_id="m1", last=True)
     g.admit(session_pb2.SiteMessage(task_reply=chunk))
     with pytest.raises(EgressRefused):  # exactly one reply per instruction
         g.admit(session_pb2.SiteMessage(task_reply=chunk))
-    assert len(refused) == 4
+    with pytest.raises(EgressRefused):
+        g.release("j", "m1")
+    assert len(refused) == 3
+
+
+def test_encoded_reply_rebuilds_metadata_and_drops_bytes_hidden_behind_an_array() -> None:
+    ins = _instruction()
+    proto = message_to_proto(Message(RecordDict({"arrays": _arrays()}), reply_to=ins))
+    proto.metadata.group_id = CANARY
+    arr = proto.content.items[0].array_record.items[0].value
+    arr.data = arr.data + CANARY.encode() * 100  # trailing bytes np.load never reads
+    reply = ParsedReply.parse(proto.SerializeToString())
+    out = reply.encode(ParsedInstruction.parse(message_to_proto(ins)), node_id=5)
+    wire = out.SerializeToString()
+    assert CANARY.encode() not in wire
+    assert out.metadata.reply_to_message_id == "m1" and out.metadata.src_node_id == 5
 
 
 def _attestation(batch: bytes, policy_hash: str = "sha256:" + "a" * 64) -> dict[str, object]:

@@ -15,8 +15,9 @@ from insitu.apps.breast_cancer import write_site_csvs
 from insitu.apps.breast_cancer.bcw.task import new_arrays
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower import app_from_module, read_app
+from insitu.sandbox import BwrapLauncher, HostLauncher, SandboxSpec, require_bwrap
 from site_node.training import ClientAppRunner, build_node_config, error_reply
-from site_node.training.runner import message_type_allowed, worker_env
+from site_node.training.runner import DEFAULT_LIMITS, message_type_allowed, worker_env
 
 RUN_ID = 4242
 NODE_ID = 77
@@ -41,7 +42,9 @@ def probe(events: list[Event], tmp_path: Path) -> Iterator[ClientAppRunner]:
         run_config=read_app(PROBE_APP).run_config({"greeting": "hi"}),
         timeout_s=20,
         on_message=lambda *event: events.append(event),
-        env={**worker_env(), "INSITU_TEST_SECRET": "do-not-leak"},
+        launcher=HostLauncher(
+            DEFAULT_LIMITS, {**worker_env(), "INSITU_TEST_SECRET": "do-not-leak"}, PROBE_APP
+        ),
     )
     try:
         yield runner
@@ -92,14 +95,23 @@ def test_environment_is_filtered_by_default(tmp_path: Path) -> None:
         del os.environ["INSITU_TEST_SECRET"]
 
 
-def test_launcher_wraps_the_worker_command(tmp_path: Path) -> None:
+def test_sandboxed_worker_sees_the_app_and_dataset_at_their_inside_paths(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,b\n1,2\n")
+    launcher = BwrapLauncher(
+        SandboxSpec(limits=DEFAULT_LIMITS, ro={PROBE_APP: "/app", data: "/data/d/d.csv"},
+                    env={"INSITU_TEST_SECRET": "set-in-spec"}),
+        bwrap=require_bwrap(),
+    )
     runner = ClientAppRunner(
         PROBE_APP, "probe.client_app:app",
-        build_node_config(0, 1, "d", tmp_path / "d.csv", device="cpu"), RUN_ID, NODE_ID,
-        launcher=["env", "INSITU_TEST_SECRET=set-by-launcher"],
+        build_node_config(0, 1, "d", launcher.inside(data), device="cpu"), RUN_ID, NODE_ID,
+        launcher=launcher,
     )
     with runner:
-        assert _info(runner.handle(_task("train")))["secret-env"] == "set-by-launcher"
+        info = _info(runner.handle(_task("train")))
+        assert info["secret-env"] == "set-in-spec"
+        assert info["dataset-path"] == "/data/d/d.csv"
 
 
 def test_state_persists_across_messages_and_stdout_prints_are_harmless(
