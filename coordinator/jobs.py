@@ -35,6 +35,7 @@ from insitu._proto.v1 import jobs_pb2, session_pb2
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, load_component, unpack_app
 from insitu.flower.config import config_value
+from insitu.flower.refusals import refusal_text
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
 from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
@@ -562,8 +563,12 @@ class _RoundTracker:
 
     def _summarize(self, key: tuple[str, str]) -> None:
         events = self.done.pop(key)
-        ok = [e for e in events if e.kind == "reply" and e.reply is not None]
+        ok = [
+            e for e in events
+            if e.kind == "reply" and e.reply is not None and not e.reply.has_error()
+        ]
         failed = sorted({e.site_id for e in events if e not in ok})
+        site_errors = sorted({_site_error(e) for e in events if e not in ok})
         metrics = _weighted_metrics([e.reply for e in ok if e.reply is not None])
         for e in ok:
             assert e.reply is not None
@@ -577,6 +582,7 @@ class _RoundTracker:
             phase=key[1],
             sites_ok=sorted(e.site_id for e in ok),
             sites_failed=failed,
+            site_errors=site_errors,
             metrics=metrics,
             wall_seconds=time.monotonic() - self.started.pop(key, time.monotonic()),
         )
@@ -597,8 +603,17 @@ class _RoundTracker:
                 "phase": key[1],
                 "sites_ok": ",".join(summary.sites_ok),
                 "sites_failed": ",".join(failed),
+                "site_errors": "; ".join(site_errors)[:400],
             },
         )
+
+
+def _site_error(e: GridEvent) -> str:
+    """``"<site>: <why>"``: a site's error code rendered from the catalog (its own reason
+    text never shows), or what the coordinator itself saw (timeout, rejected update)."""
+    if e.reply is not None and e.reply.has_error():
+        return f"{e.site_id}: {refusal_text(e.reply.error.code)}"
+    return f"{e.site_id}: {e.detail or e.kind}"
 
 
 def _weighted_metrics(replies: list[Message]) -> dict[str, float]:

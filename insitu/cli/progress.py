@@ -29,7 +29,8 @@ def follow_job(client: Client, job_id: str, rounds: int, console: Console) -> jo
                 continue
             r = ev.round
             metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r.metrics.items()))
-            failed = f"  [red]failed: {', '.join(r.sites_failed)}[/red]" if r.sites_failed else ""
+            why = r.site_errors or r.sites_failed
+            failed = f"  [red]failed: {'; '.join(why)}[/red]" if r.sites_failed else ""
             progress.console.print(
                 f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}  {metrics}{failed}"
             )

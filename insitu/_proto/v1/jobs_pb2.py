@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from insitu._proto.v1 import session_pb2 as insitu_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14insitu/v1/jobs.proto\x12\tinsitu.v1\x1a\x17insitu/v1/session.proto\"\\\n\x12\x44\x65ployModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x04 \x01(\x01\"4\n\x13ModelControlRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\"{\n\x10\x44\x65ploymentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0fserving_version\x18\x03 \x01(\x05\x12\x16\n\x0e\x63\x61nary_version\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x01\"4\n\x11GrantModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\"\x14\n\x12GrantModelResponse\"/\n\x0bSiteDataset\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\xec\x02\n\x10SubmitJobRequest\x12\x12\n\napp_bundle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\'\n\x07targets\x18\x03 \x03(\x0b\x32\x16.insitu.v1.SiteDataset\x12\x0e\n\x06rounds\x18\x04 \x01(\x05\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12>\n\nrun_config\x18\x06 \x03(\x0b\x32*.insitu.v1.SubmitJobRequest.RunConfigEntry\x12\x11\n\tmin_sites\x18\x07 \x01(\x05\x12\x17\n\x0fround_timeout_s\x18\x08 \x01(\x05\x12!\n\x02\x64p\x18\t \x01(\x0b\x32\x15.insitu.v1.DpSettings\x12\x0f\n\x07purpose\x18\n \x01(\t\x12\x12\n\nmodel_name\x18\x0b \x01(\t\x1a\x30\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\x0cSiteApproval\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63ided\x18\x02 \x01(\x08\x12\x10\n\x08\x61pproved\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xd1\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x10\n\x08sites_ok\x18\x02 \x03(\t\x12\x14\n\x0csites_failed\x18\x03 \x03(\t\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.insitu.v1.RoundSummary.MetricsEntry\x12\x14\n\x0cwall_seconds\x18\x05 \x01(\x01\x12\r\n\x05phase\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcf\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.insitu.v1.JobState\x12\'\n\x07targets\x18\x04 \x03(\x0b\x32\x16.insitu.v1.SiteDataset\x12*\n\tapprovals\x18\x05 \x03(\x0b\x32\x17.insitu.v1.SiteApproval\x12\x0e\n\x06rounds\x18\x06 \x01(\x05\x12\x15\n\rcurrent_round\x18\x07 \x01(\x05\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12(\n\x07history\x18\x0c \x03(\x0b\x32\x17.insitu.v1.RoundSummary\x12\x10\n\x08strategy\x18\r \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.insitu.v1.Job\"`\n\x08JobEvent\x12\"\n\x08snapshot\x18\x01 \x01(\x0b\x32\x0e.insitu.v1.JobH\x00\x12(\n\x05round\x18\x02 \x01(\x0b\x32\x17.insitu.v1.RoundSummaryH\x00\x42\x06\n\x04\x62ody\"\xee\x02\n\x0cModelLineage\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12\r\n\x05sites\x18\x04 \x03(\t\x12N\n\x14\x64\x61taset_fingerprints\x18\x05 \x03(\x0b\x32\x30.insitu.v1.ModelLineage.DatasetFingerprintsEntry\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x35\n\x07metrics\x18\x07 \x03(\x0b\x32$.insitu.v1.ModelLineage.MetricsEntry\x12\x10\n\x08strategy\x18\x08 \x01(\t\x1a:\n\x18\x44\x61tasetFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8c\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x03\x12(\n\x07lineage\x18\x05 \x01(\x0b\x32\x17.insitu.v1.ModelLineage\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.insitu.v1.ModelSummary\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x90\x01\n\rModelArtifact\x12(\n\x07summary\x18\x01 \x01(\x0b\x32\x17.insitu.v1.ModelSummary\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x0c\n\x04onnx\x18\x03 \x01(\x0c\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x06 \x01(\x05*\xa3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bJOB_STATE_AWAITING_APPROVAL\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x15\n\x11JOB_STATE_REFUSED\x10\x05\x32\xf6\x01\n\x04Jobs\x12\x38\n\tSubmitJob\x12\x1b.insitu.v1.SubmitJobRequest\x1a\x0e.insitu.v1.Job\x12\x32\n\x06GetJob\x12\x18.insitu.v1.GetJobRequest\x1a\x0e.insitu.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.insitu.v1.ListJobsRequest\x1a\x1b.insitu.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x18.insitu.v1.GetJobRequest\x1a\x13.insitu.v1.JobEvent0\x01\x32\xc6\x03\n\x06Models\x12I\n\nListModels\x12\x1c.insitu.v1.ListModelsRequest\x1a\x1d.insitu.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1a.insitu.v1.GetModelRequest\x1a\x18.insitu.v1.ModelArtifact\x12I\n\x0b\x44\x65ployModel\x12\x1d.insitu.v1.DeployModelRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12K\n\x0cPromoteModel\x12\x1e.insitu.v1.ModelControlRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12L\n\rRollbackModel\x12\x1e.insitu.v1.ModelControlRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12I\n\nGrantModel\x12\x1c.insitu.v1.GrantModelRequest\x1a\x1d.insitu.v1.GrantModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14insitu/v1/jobs.proto\x12\tinsitu.v1\x1a\x17insitu/v1/session.proto\"\\\n\x12\x44\x65ployModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x04 \x01(\x01\"4\n\x13ModelControlRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\"{\n\x10\x44\x65ploymentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0fserving_version\x18\x03 \x01(\x05\x12\x16\n\x0e\x63\x61nary_version\x18\x04 \x01(\x05\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x01\"4\n\x11GrantModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\"\x14\n\x12GrantModelResponse\"/\n\x0bSiteDataset\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\xec\x02\n\x10SubmitJobRequest\x12\x12\n\napp_bundle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\'\n\x07targets\x18\x03 \x03(\x0b\x32\x16.insitu.v1.SiteDataset\x12\x0e\n\x06rounds\x18\x04 \x01(\x05\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12>\n\nrun_config\x18\x06 \x03(\x0b\x32*.insitu.v1.SubmitJobRequest.RunConfigEntry\x12\x11\n\tmin_sites\x18\x07 \x01(\x05\x12\x17\n\x0fround_timeout_s\x18\x08 \x01(\x05\x12!\n\x02\x64p\x18\t \x01(\x0b\x32\x15.insitu.v1.DpSettings\x12\x0f\n\x07purpose\x18\n \x01(\t\x12\x12\n\nmodel_name\x18\x0b \x01(\t\x1a\x30\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\x0cSiteApproval\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63ided\x18\x02 \x01(\x08\x12\x10\n\x08\x61pproved\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xe6\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x10\n\x08sites_ok\x18\x02 \x03(\t\x12\x14\n\x0csites_failed\x18\x03 \x03(\t\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.insitu.v1.RoundSummary.MetricsEntry\x12\x14\n\x0cwall_seconds\x18\x05 \x01(\x01\x12\r\n\x05phase\x18\x06 \x01(\t\x12\x13\n\x0bsite_errors\x18\x07 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcf\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.insitu.v1.JobState\x12\'\n\x07targets\x18\x04 \x03(\x0b\x32\x16.insitu.v1.SiteDataset\x12*\n\tapprovals\x18\x05 \x03(\x0b\x32\x17.insitu.v1.SiteApproval\x12\x0e\n\x06rounds\x18\x06 \x01(\x05\x12\x15\n\rcurrent_round\x18\x07 \x01(\x05\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12(\n\x07history\x18\x0c \x03(\x0b\x32\x17.insitu.v1.RoundSummary\x12\x10\n\x08strategy\x18\r \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.insitu.v1.Job\"`\n\x08JobEvent\x12\"\n\x08snapshot\x18\x01 \x01(\x0b\x32\x0e.insitu.v1.JobH\x00\x12(\n\x05round\x18\x02 \x01(\x0b\x32\x17.insitu.v1.RoundSummaryH\x00\x42\x06\n\x04\x62ody\"\xee\x02\n\x0cModelLineage\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12\r\n\x05sites\x18\x04 \x03(\t\x12N\n\x14\x64\x61taset_fingerprints\x18\x05 \x03(\x0b\x32\x30.insitu.v1.ModelLineage.DatasetFingerprintsEntry\x12\x15\n\repsilon_spent\x18\x06 \x01(\x01\x12\x35\n\x07metrics\x18\x07 \x03(\x0b\x32$.insitu.v1.ModelLineage.MetricsEntry\x12\x10\n\x08strategy\x18\x08 \x01(\t\x1a:\n\x18\x44\x61tasetFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8c\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x03\x12(\n\x07lineage\x18\x05 \x01(\x0b\x32\x17.insitu.v1.ModelLineage\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.insitu.v1.ModelSummary\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x90\x01\n\rModelArtifact\x12(\n\x07summary\x18\x01 \x01(\x0b\x32\x17.insitu.v1.ModelSummary\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x0c\n\x04onnx\x18\x03 \x01(\x0c\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x06 \x01(\x05*\xa3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bJOB_STATE_AWAITING_APPROVAL\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x15\n\x11JOB_STATE_REFUSED\x10\x05\x32\xf6\x01\n\x04Jobs\x12\x38\n\tSubmitJob\x12\x1b.insitu.v1.SubmitJobRequest\x1a\x0e.insitu.v1.Job\x12\x32\n\x06GetJob\x12\x18.insitu.v1.GetJobRequest\x1a\x0e.insitu.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.insitu.v1.ListJobsRequest\x1a\x1b.insitu.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x18.insitu.v1.GetJobRequest\x1a\x13.insitu.v1.JobEvent0\x01\x32\xc6\x03\n\x06Models\x12I\n\nListModels\x12\x1c.insitu.v1.ListModelsRequest\x1a\x1d.insitu.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1a.insitu.v1.GetModelRequest\x1a\x18.insitu.v1.ModelArtifact\x12I\n\x0b\x44\x65ployModel\x12\x1d.insitu.v1.DeployModelRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12K\n\x0cPromoteModel\x12\x1e.insitu.v1.ModelControlRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12L\n\rRollbackModel\x12\x1e.insitu.v1.ModelControlRequest\x1a\x1b.insitu.v1.DeploymentStatus\x12I\n\nGrantModel\x12\x1c.insitu.v1.GrantModelRequest\x1a\x1d.insitu.v1.GrantModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELLINEAGE_DATASETFINGERPRINTSENTRY']._serialized_options = b'8\001'
   _globals['_MODELLINEAGE_METRICSENTRY']._loaded_options = None
   _globals['_MODELLINEAGE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2453
-  _globals['_JOBSTATE']._serialized_end=2616
+  _globals['_JOBSTATE']._serialized_start=2474
+  _globals['_JOBSTATE']._serialized_end=2637
   _globals['_DEPLOYMODELREQUEST']._serialized_start=60
   _globals['_DEPLOYMODELREQUEST']._serialized_end=152
   _globals['_MODELCONTROLREQUEST']._serialized_start=154
@@ -61,37 +61,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITEAPPROVAL']._serialized_start=825
   _globals['_SITEAPPROVAL']._serialized_end=907
   _globals['_ROUNDSUMMARY']._serialized_start=910
-  _globals['_ROUNDSUMMARY']._serialized_end=1119
-  _globals['_ROUNDSUMMARY_METRICSENTRY']._serialized_start=1073
-  _globals['_ROUNDSUMMARY_METRICSENTRY']._serialized_end=1119
-  _globals['_JOB']._serialized_start=1122
-  _globals['_JOB']._serialized_end=1457
-  _globals['_GETJOBREQUEST']._serialized_start=1459
-  _globals['_GETJOBREQUEST']._serialized_end=1490
-  _globals['_LISTJOBSREQUEST']._serialized_start=1492
-  _globals['_LISTJOBSREQUEST']._serialized_end=1509
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1511
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1559
-  _globals['_JOBEVENT']._serialized_start=1561
-  _globals['_JOBEVENT']._serialized_end=1657
-  _globals['_MODELLINEAGE']._serialized_start=1660
-  _globals['_MODELLINEAGE']._serialized_end=2026
-  _globals['_MODELLINEAGE_DATASETFINGERPRINTSENTRY']._serialized_start=1920
-  _globals['_MODELLINEAGE_DATASETFINGERPRINTSENTRY']._serialized_end=1978
-  _globals['_MODELLINEAGE_METRICSENTRY']._serialized_start=1073
-  _globals['_MODELLINEAGE_METRICSENTRY']._serialized_end=1119
-  _globals['_MODELSUMMARY']._serialized_start=2029
-  _globals['_MODELSUMMARY']._serialized_end=2169
-  _globals['_LISTMODELSREQUEST']._serialized_start=2171
-  _globals['_LISTMODELSREQUEST']._serialized_end=2190
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2192
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2253
-  _globals['_GETMODELREQUEST']._serialized_start=2255
-  _globals['_GETMODELREQUEST']._serialized_end=2303
-  _globals['_MODELARTIFACT']._serialized_start=2306
-  _globals['_MODELARTIFACT']._serialized_end=2450
-  _globals['_JOBS']._serialized_start=2619
-  _globals['_JOBS']._serialized_end=2865
-  _globals['_MODELS']._serialized_start=2868
-  _globals['_MODELS']._serialized_end=3322
+  _globals['_ROUNDSUMMARY']._serialized_end=1140
+  _globals['_ROUNDSUMMARY_METRICSENTRY']._serialized_start=1094
+  _globals['_ROUNDSUMMARY_METRICSENTRY']._serialized_end=1140
+  _globals['_JOB']._serialized_start=1143
+  _globals['_JOB']._serialized_end=1478
+  _globals['_GETJOBREQUEST']._serialized_start=1480
+  _globals['_GETJOBREQUEST']._serialized_end=1511
+  _globals['_LISTJOBSREQUEST']._serialized_start=1513
+  _globals['_LISTJOBSREQUEST']._serialized_end=1530
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1532
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1580
+  _globals['_JOBEVENT']._serialized_start=1582
+  _globals['_JOBEVENT']._serialized_end=1678
+  _globals['_MODELLINEAGE']._serialized_start=1681
+  _globals['_MODELLINEAGE']._serialized_end=2047
+  _globals['_MODELLINEAGE_DATASETFINGERPRINTSENTRY']._serialized_start=1941
+  _globals['_MODELLINEAGE_DATASETFINGERPRINTSENTRY']._serialized_end=1999
+  _globals['_MODELLINEAGE_METRICSENTRY']._serialized_start=1094
+  _globals['_MODELLINEAGE_METRICSENTRY']._serialized_end=1140
+  _globals['_MODELSUMMARY']._serialized_start=2050
+  _globals['_MODELSUMMARY']._serialized_end=2190
+  _globals['_LISTMODELSREQUEST']._serialized_start=2192
+  _globals['_LISTMODELSREQUEST']._serialized_end=2211
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2213
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2274
+  _globals['_GETMODELREQUEST']._serialized_start=2276
+  _globals['_GETMODELREQUEST']._serialized_end=2324
+  _globals['_MODELARTIFACT']._serialized_start=2327
+  _globals['_MODELARTIFACT']._serialized_end=2471
+  _globals['_JOBS']._serialized_start=2640
+  _globals['_JOBS']._serialized_end=2886
+  _globals['_MODELS']._serialized_start=2889
+  _globals['_MODELS']._serialized_end=3343
 # @@protoc_insertion_point(module_scope)

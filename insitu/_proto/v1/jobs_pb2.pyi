@@ -123,7 +123,7 @@ class SiteApproval(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., decided: _Optional[bool] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "sites_ok", "sites_failed", "metrics", "wall_seconds", "phase")
+    __slots__ = ("round", "sites_ok", "sites_failed", "metrics", "wall_seconds", "phase", "site_errors")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,13 +137,15 @@ class RoundSummary(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    SITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     round: int
     sites_ok: _containers.RepeatedScalarFieldContainer[str]
     sites_failed: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.ScalarMap[str, float]
     wall_seconds: float
     phase: str
-    def __init__(self, round: _Optional[int] = ..., sites_ok: _Optional[_Iterable[str]] = ..., sites_failed: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., wall_seconds: _Optional[float] = ..., phase: _Optional[str] = ...) -> None: ...
+    site_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., sites_ok: _Optional[_Iterable[str]] = ..., sites_failed: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., wall_seconds: _Optional[float] = ..., phase: _Optional[str] = ..., site_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "code_sha256", "state", "targets", "approvals", "rounds", "current_round", "owner", "model_name", "model_version", "error", "history", "strategy")
