@@ -91,17 +91,73 @@ def _run(daemon: SiteDaemon, refused: list[str]) -> None:
 @cli_errors
 def approve(
     site_dir: Annotated[Path, typer.Option(help="this site's state folder")],
-    code_sha256: Annotated[str | None, typer.Option(help="app code hash to allow")] = None,
-    app_dir: Annotated[Path | None, typer.Option(help="or: hash this Flower app folder")] = None,
+    app_dir: Annotated[Path, typer.Option(help="the Flower app folder to review and allow")],
+    by: Annotated[
+        str | None, typer.Option(help="who approves (default: the OS user running this)")
+    ] = None,
     note: Annotated[str, typer.Option()] = "",
 ) -> None:
-    """Allow job code (by hash) to run at this site: the site_admin's approval."""
-    from insitu.flower.bundle import code_hash, pack_app
+    """Allow job code to run at this site: shows what is approved (code hash, components,
+    declared metric keys, requested resources), refuses requests above this site's limits,
+    audits the approval naming the approver, and records it where job code cannot write."""
+    from insitu.flower.bundle import code_hash, pack_app, read_app
+    from insitu.rpc.audit import RpcAuditor
+    from site_node.approvals import app_summary
+    from site_node.daemon import open_site_audit_log
 
-    if (code_sha256 is None) == (app_dir is None):
-        raise InsituError(
-            ErrorCode.INVALID_ARGUMENT, "give exactly one of --code-sha256, --app-dir"
+    settings = load_site_settings(site_dir)
+    layout = read_app(app_dir)
+    digest = code_hash(pack_app(app_dir))
+    summary = app_summary(layout)
+    print(f"code sha256     {digest}")
+    print(f"app             {summary['app']}")
+    for name, ref in summary["components"].items():
+        print(f"component       {name} = {ref}")
+    print(f"metric keys     {', '.join(summary['metric_keys'])}")
+    print(f"metric records  {', '.join(summary['metric_records'])}")
+    print(f"resources       {layout.declaration.resources.describe()}")
+    try:
+        settings.job_limits().grant(layout.declaration.resources)
+    except InsituError as e:
+        raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"not approved: {e.detail}") from None
+    if layout.declaration.resources.gpu and not settings.job_gpus:
+        err_console.print("[yellow]the app asks for a GPU; this site grants none "
+                          "(job_gpus): it will run on CPU[/yellow]")
+    approvals = ApprovedCode(site_dir)
+    approver = by or _os_user()
+    if approvals.is_approved(digest):
+        print(f"already approved: {digest}")
+        return
+    # Audit first: if the record cannot be written, the approval is refused (fail closed).
+    with open_site_audit_log(settings) as log:
+        RpcAuditor(log, f"site/{settings.site_id}").event(
+            "code.approve", "code.approve", ("AppCode", digest),
+            attrs={"approver": approver, "app": summary["app"], "note": note[:200],
+                   "metric_keys": ",".join(summary["metric_keys"]),
+                   "resources": layout.declaration.resources.describe()},
         )
-    h = code_sha256 or code_hash(pack_app(app_dir))  # type: ignore[arg-type]
-    ApprovedCode(site_dir).approve(h, note)
-    print(h)
+    approvals.approve(digest, note, approver=approver, summary=summary)
+    print(f"approved by {approver}")
+
+
+@app.command("status")
+@cli_errors
+def status(site_dir: Annotated[Path, typer.Option(help="this site's state folder")]) -> None:
+    """The running daemon's status: session, certificate, ports, and whether job code runs
+    sandboxed (with the count of unsandboxed job starts)."""
+    import json
+
+    path = site_dir / "status.json"
+    if not path.exists():
+        raise InsituError(ErrorCode.NOT_FOUND, f"{path} does not exist (is the daemon running?)")
+    for key, value in json.loads(path.read_text()).items():
+        print(f"{key:24} {value}")
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

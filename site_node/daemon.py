@@ -39,7 +39,7 @@ from site_node.training.jobs import JobSandboxing, SiteJobs
 from site_node.training.ledger import open_ledger
 from site_node.witness import SiteWitness
 
-__all__ = ["AUDIT_KEY_NAME", "SiteDaemon", "site_audit_signer"]
+__all__ = ["AUDIT_KEY_NAME", "SiteDaemon", "open_site_audit_log", "site_audit_signer"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ AUDIT_KEY_NAME = "insitu-site-audit"
 def site_audit_signer(site_dir: Path) -> LocalSigner:
     """The site's checkpoint-signing key, created on first use with mode 0600."""
     return load_or_create_signer(site_dir / AUDIT_KEY_FILE)
+
+
+def open_site_audit_log(settings: SiteSettings) -> AuditLog:
+    """This site's audit log (``<site-dir>/audit.db``); several processes may append (the
+    daemon and ``insitu-site approve``)."""
+    signer = site_audit_signer(settings.site_dir)
+    return AuditLog(
+        SqliteAuditStore(settings.site_dir / "audit.db"),
+        origin=f"{settings.trust_domain}/site/{settings.site_id}",
+        node=f"site/{settings.site_id}",
+        signer=signer.sign,
+        key_name=AUDIT_KEY_NAME,
+        public_key=signer.public_key,
+        checkpoint_every_s=settings.audit_checkpoint_every_s,
+    )
 
 
 def _cert_not_after(tls_dir: Path) -> datetime | None:
@@ -64,15 +79,7 @@ class SiteDaemon:
         self.settings = settings
         d = settings.site_dir
         signer = site_audit_signer(d)
-        self.audit_log = AuditLog(
-            SqliteAuditStore(d / "audit.db"),
-            origin=f"{settings.trust_domain}/site/{settings.site_id}",
-            node=f"site/{settings.site_id}",
-            signer=signer.sign,
-            key_name=AUDIT_KEY_NAME,
-            public_key=signer.public_key,
-            checkpoint_every_s=settings.audit_checkpoint_every_s,
-        )
+        self.audit_log = open_site_audit_log(settings)
         self.auditor = RpcAuditor(self.audit_log, f"site/{settings.site_id}")
         self.datasets = load_datasets(d)
         self.ledger = open_ledger(d, self.datasets)

@@ -59,7 +59,7 @@ from site_node.training.ledger import PrivacyLedger
 from site_node.training.reply import ParsedInstruction, ParsedReply, error_message
 from site_node.training.runner import ClientAppRunner, build_node_config, worker_env
 
-__all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "sandbox_env"]
+__all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "sandbox_env", "site_dp_policy"]
 
 log = logging.getLogger(__name__)
 Send = Callable[[session_pb2.SiteMessage], None]
@@ -101,6 +101,33 @@ def node_id_for(spiffe_uri: str) -> int:
     # Must equal coordinator.flower_compat.node_id_for (sites and coordinator agree).
     n = int.from_bytes(hashlib.sha256(spiffe_uri.encode()).digest()[:8], "big") & ((1 << 63) - 1)
     return n or 1
+
+
+def site_dp_policy(
+    ds: RegisteredDataset, requested: session_pb2.DpSettings, job_id: str
+) -> DpPolicy | None:
+    """The DP the site enforces for a job: the dataset's own ``dp``, else the settings the
+    job brought (the site then enforces those), else none; PERMISSION_DENIED where the
+    dataset has ``require_dp`` and the job brings no DP."""
+    if ds.dp is not None:
+        return ds.dp
+    if requested.noise_multiplier > 0:
+        policy = DpPolicy(
+            clip_norm=float(requested.max_grad_norm or 1.0),
+            noise_multiplier=float(requested.noise_multiplier),
+            delta=float(requested.delta or 1e-5),
+        )
+        try:
+            policy.validate(f"job {job_id} dp settings")
+        except InsituError as e:
+            raise InsituError(ErrorCode.INVALID_ARGUMENT, e.detail) from None
+        return policy
+    if ds.require_dp:
+        raise InsituError(
+            ErrorCode.PERMISSION_DENIED,
+            f"dataset {ds.name} requires DP and the job brings no DP settings",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -214,29 +241,6 @@ class SiteJobs:
             ),
         )
 
-    def _dp_policy(self, ds: RegisteredDataset, p: session_pb2.JobProposal) -> DpPolicy | None:
-        """The DP the site enforces for this job: the dataset's own, else the settings the
-        job brought, else none (refused where the dataset requires DP)."""
-        if ds.dp is not None:
-            return ds.dp
-        if p.dp.noise_multiplier > 0:
-            policy = DpPolicy(
-                clip_norm=float(p.dp.max_grad_norm or 1.0),
-                noise_multiplier=float(p.dp.noise_multiplier),
-                delta=float(p.dp.delta or 1e-5),
-            )
-            try:
-                policy.validate(f"job {p.job_id} dp settings")
-            except InsituError as e:
-                raise InsituError(ErrorCode.INVALID_ARGUMENT, e.detail) from None
-            return policy
-        if ds.require_dp:
-            raise InsituError(
-                ErrorCode.PERMISSION_DENIED,
-                f"dataset {ds.name} requires DP and the job brings no DP settings",
-            )
-        return None
-
     def _check_and_start(self, p: session_pb2.JobProposal) -> tuple[bool, str, str]:
         if hashlib.sha256(p.app_bundle).hexdigest() != p.code_sha256:
             return False, "app bundle does not match its code hash", ""
@@ -245,7 +249,7 @@ class SiteJobs:
         if p.dataset not in self.datasets:
             return False, f"dataset {p.dataset} is not registered here", ""
         ds = self.datasets.check_purpose(p.dataset, p.purpose)
-        policy = self._dp_policy(ds, p)
+        policy = site_dp_policy(ds, p.dp, p.job_id)
         job_dir = self.site_dir / "jobs" / p.job_id
         app_dir = job_dir / "app"
         if app_dir.exists():  # a rejoin after a restart: extract the verified bundle anew

@@ -20,6 +20,7 @@ from site_node.settings import SiteSettings, load_site_settings
 from tests.integration.conftest import RunningCoordinator, enrol_site, wait_for
 
 APP = "insitu.apps.breast_cancer"
+HOSTILE = Path(__file__).resolve().parents[1] / "apps" / "hostile"
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
@@ -104,4 +105,50 @@ def start_federation(
     n = sum(1 for s in sites if run(s))
     with rc.admin() as admin:
         wait_for(lambda: sum(x.connected for x in admin.list_sites()) == n, what="sites")
+    return fed
+
+
+def start_app_federation(
+    rc: RunningCoordinator,
+    keys: KeyService,
+    tmp: Path,
+    app: Path,
+    *,
+    rows: str,
+    other: str = "secret,target\n1,1\n",
+    dataset_extra: str = "",
+    sites: tuple[str, ...] = ("hospital-a", "hospital-b"),
+    epsilon_budget: float = 100.0,
+) -> Federation:
+    """Sites that each register ``records-<letter>`` (the CSV ``rows``) and ``other`` (a
+    dataset no job is granted), plus ``dataset_extra`` TOML lines in ``records-*``; ``app``
+    is approved everywhere and the daemons are running."""
+    bundle_hash = code_hash(pack_app(app))
+    settings = {}
+    for site in sites:
+        s = enrol_site(rc, site, tmp / site)
+        data = tmp / "data" / site
+        data.mkdir(parents=True)
+        (data / "records.csv").write_text(rows)
+        (data / "other.csv").write_text(other)
+        (s.site_dir / "datasets.toml").write_text(
+            f'[datasets.records-{site[-1]}]\npath = "{data / "records.csv"}"\nformat = "csv"\n'
+            f'label = "x1"\npurposes = ["research"]\nepsilon_budget = {epsilon_budget}\n'
+            f"{dataset_extra}\n"
+            f'[datasets.other]\npath = "{data / "other.csv"}"\nformat = "csv"\n'
+            'label = "target"\npurposes = ["research"]\nepsilon_budget = 10.0\n'
+        )
+        ApprovedCode(s.site_dir).approve(bundle_hash, "test app")
+        settings[site] = load_site_settings(
+            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
+        )
+    with rc.admin() as admin:
+        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer", org="acme")
+    eng = user_client(rc, keys, "eve", tmp / "eve")
+    fed = Federation(rc, settings, eng, bundle_hash, keys.public_key("model-signing"))
+    for site in sites:
+        fed.start_site(site)
+    with rc.admin() as admin:
+        wait_for(lambda: sum(x.connected for x in admin.list_sites()) == len(sites),
+                 what="sites")
     return fed

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 
 from coordinator.settings import CoordinatorSettings
-from insitu.flower.bundle import code_hash, pack_app
 from insitu.keys import KeyService
-from site_node.approvals import ApprovedCode
-from site_node.settings import load_site_settings
-from tests.integration.conftest import RunningCoordinator, enrol_site, wait_for
-from tests.integration.federation import APP, Federation, start_federation, user_client
+from tests.integration.conftest import RunningCoordinator, wait_for
+from tests.integration.federation import (
+    APP,
+    HOSTILE,
+    Federation,
+    start_app_federation,
+    start_federation,
+)
 
-HOSTILE = Path(__file__).resolve().parents[1] / "apps" / "hostile"
 SUCCEEDED, REFUSED = 3, 5
 
 
@@ -63,34 +65,11 @@ def hostile_fed(
 ) -> Iterator[tuple[Federation, str]]:
     rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
     canary = f"CANARY-{uuid.uuid4().hex[:12]}"
-    bundle_hash = code_hash(pack_app(HOSTILE))
-    settings = {}
-    for site in ("hospital-a", "hospital-b"):
-        s = enrol_site(rc, site, tmp_path / site)
-        data = tmp_path / "data" / site
-        data.mkdir(parents=True)
-        (data / "records.csv").write_text(
-            "x1,x2,x3,x4,note\n1.5,2.5,3.5,4.5," + canary + "\n0.1,0.2,0.3,0.4,plain\n"
-        )
-        (data / "other.csv").write_text(f"secret,target\n{canary}-other,1\n")
-        (s.site_dir / "datasets.toml").write_text(
-            f'[datasets.records-{site[-1]}]\npath = "{data / "records.csv"}"\nformat = "csv"\n'
-            'label = "x1"\npurposes = ["research"]\nepsilon_budget = 10.0\n\n'
-            f'[datasets.other]\npath = "{data / "other.csv"}"\nformat = "csv"\n'
-            'label = "target"\npurposes = ["research"]\nepsilon_budget = 10.0\n'
-        )
-        ApprovedCode(s.site_dir).approve(bundle_hash, "hostile test app")
-        settings[site] = load_site_settings(
-            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
-        )
-    with rc.admin() as admin:
-        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer", org="acme")
-    eng = user_client(rc, key_service, "eve", tmp_path / "eve")
-    fed = Federation(rc, settings, eng, bundle_hash, key_service.public_key("model-signing"))
-    for site in settings:
-        fed.start_site(site)
-    with rc.admin() as admin:
-        wait_for(lambda: sum(x.connected for x in admin.list_sites()) == 2, what="sites")
+    fed = start_app_federation(
+        rc, key_service, tmp_path, HOSTILE,
+        rows="x1,x2,x3,x4,note\n1.5,2.5,3.5,4.5," + canary + "\n0.1,0.2,0.3,0.4,plain\n",
+        other=f"secret,target\n{canary}-other,1\n",
+    )
     yield fed, canary
     fed.close()
 
@@ -117,12 +96,13 @@ def test_hostile_app_gets_nothing_out_of_a_site(
     a = fed.settings["hospital-a"].site_dir
     marker = f"insitu-linger-{uuid.uuid4().hex[:8]}"
     outside = [tmp_path / "exfil.txt", Path(f"/tmp/{marker}.txt")]
-    approvals_before = (a / "approved-code.txt").read_bytes()
+    approvals_before = (a / "approvals" / "approvals.jsonl").read_bytes()
     try:
         job = fed.engineer.submit_job(
             HOSTILE, {"hospital-a": "records-a", "hospital-b": "records-b"}, rounds=4,
             model_name="hostile", min_sites=2,
             run_config={
+                "mode": "hostile",
                 "canary": canary, "listener-port": listener.port, "marker": marker,
                 "site-dir": str(a), "data-dir": str(tmp_path / "data" / "hospital-a"),
                 "write-dir": str(tmp_path),
@@ -148,7 +128,7 @@ def test_hostile_app_gets_nothing_out_of_a_site(
     #    and no process outlived the job.
     assert listener.connections == 0 and canary.encode() not in listener.received
     assert not [p for p in outside if p.exists()]
-    assert (a / "approved-code.txt").read_bytes() == approvals_before
+    assert (a / "approvals" / "approvals.jsonl").read_bytes() == approvals_before
     wait_for(lambda: not _lingering(marker), timeout=20, what="sandboxed processes to end")
 
     # 3) Every egress route was refused, answered at once, and named for the engineer.

@@ -182,7 +182,7 @@ def test_site_killed_mid_job_round_completes_and_site_rejoins(
         seen = {"train": 0}
 
         def held(job, message_id, request):  # type: ignore[no-untyped-def]
-            if ProtoMessage.FromString(request).metadata.message_type.startswith("train"):
+            if request.proto.metadata.message_type.startswith("train"):
                 seen["train"] += 1
                 if seen["train"] == 2:
                     entered.set()

@@ -12,6 +12,8 @@ site's own log); the tests read those lines and check the outside world for the 
 - train 3: allocate past the memory limit.
 - evaluate 3: a config record with the canary as text.
 - from train 4 on: behave (the restarted worker still answers).
+
+With ``mode = "rows-as-weights"`` every site replies raw rows shaped as the model.
 """
 
 import os
@@ -68,12 +70,12 @@ def _probe_everything(context: Context, canary: str, row: str) -> None:
     site, data, out = str(run["site-dir"]), str(run["data-dir"]), str(run["write-dir"])
     marker = str(run["marker"])
     for name in ("tls/key.pem", "audit-signing.key", "attestation-signing.key",
-                 "approved-code.txt", "approvals/approvals.jsonl", "audit.db",
+                 "approvals/approvals.jsonl", "audit.db",
                  "privacy-ledger.db"):
         _try_read(os.path.join(site, name))
     for name in ("other.csv", "records.csv"):  # a dataset not granted; the host path of one
         _try_read(os.path.join(data, name))
-    for path in (os.path.join(out, "exfil.txt"), os.path.join(site, "approved-code.txt"),
+    for path in (os.path.join(out, "exfil.txt"), os.path.join(site, "approvals", "approvals.jsonl"),
                  f"/tmp/{marker}.txt"):
         _try_write(path, f"{canary} {row}")
     try:
@@ -103,7 +105,16 @@ def _probe_everything(context: Context, canary: str, row: str) -> None:
 
 
 def _hostile(msg: Message, context: Context) -> bool:
-    return int(context.node_config["partition-id"]) == 0
+    return context.run_config.get("mode") == "hostile" and int(
+        context.node_config["partition-id"]) == 0
+
+
+def _rows_as_weights(arrays: ArrayRecord, context: Context) -> ArrayRecord:
+    """The global model's exact names, shapes and dtypes, carrying raw rows: column j of
+    ``w`` is row j's four features."""
+    rows = [[float(v) for v in line.split(",")[:4]] for line in _raw_rows(context)[1:4]]
+    w = np.array(rows, np.float32).T.copy()
+    return ArrayRecord({"w": Array(w), "b": arrays["b"]})
 
 
 def _round(msg: Message) -> int:
@@ -114,6 +125,9 @@ def _round(msg: Message) -> int:
 def train(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records["arrays"]
     metrics = MetricRecord({"train-loss": 0.5, "num-examples": 10})
+    if context.run_config.get("mode") == "rows-as-weights":
+        return Message(RecordDict({"arrays": _rows_as_weights(arrays, context),
+                                   "metrics": metrics}), reply_to=msg)
     if not _hostile(msg, context):
         update = ArrayRecord({k: Array(v.numpy() + 0.01) for k, v in arrays.items()})
         return Message(RecordDict({"arrays": update, "metrics": metrics}), reply_to=msg)
