@@ -40,7 +40,6 @@ from insitu.identity.spiffe import SpiffeId
 from insitu.keys import DevVault, KeyService, approle_credentials, bootstrap_federation, free_port
 from insitu.sdk import Client
 from insitu.sdk.site_client import SiteClient
-from site_node.approvals import ApprovedCode
 
 __all__ = ["run_demo"]
 
@@ -355,7 +354,17 @@ def run_demo(workspace: Path | None = None) -> int:
                 f'[datasets.bcw]\npath = "{csvs[site]}"\nformat = "csv"\nlabel = "target"\n'
                 'purposes = ["research"]\nepsilon_budget = 10.0\n'
             )
-            ApprovedCode(site_dir).approve(app_hash, "breast-cancer demo app, reviewed")
+            # The site_admin reviews the app (hash, components, metric keys, resources)
+            # and approves it with the real CLI: audited, naming the approver.
+            r = subprocess.run(
+                [_bin("insitu-site"), "approve", "--site-dir", str(site_dir),
+                 "--app-dir", str(app_from_module(DEMO_APP)), "--by", f"site-admin@{site}",
+                 "--note", "breast-cancer demo app, reviewed"],
+                capture_output=True, text=True, timeout=120, check=False,
+            )
+            if r.returncode != 0:
+                console.print(f"[red]approval at {site} failed:[/red] {r.stderr.strip()}")
+                return 1
             procs.start(
                 site,
                 [_bin("insitu-site"), "run", "--site-dir", str(site_dir), "--heartbeat-ms", "1000"],
