@@ -23,6 +23,7 @@ from insitu.sandbox.bwrap import (
     gpu_device_args,
     require_bwrap,
     runtime_paths,
+    sandbox_env,
 )
 from insitu.sandbox.limits import (
     LIMIT_FIELDS,
@@ -49,4 +50,5 @@ __all__ = [
     "parse_request",
     "require_bwrap",
     "runtime_paths",
+    "sandbox_env",
 ]

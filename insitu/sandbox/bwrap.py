@@ -57,6 +57,7 @@ __all__ = [
     "gpu_device_args",
     "require_bwrap",
     "runtime_paths",
+    "sandbox_env",
 ]
 
 INSIDE_UID: Final = 65534
@@ -71,6 +72,24 @@ _FIX = (
     "or set unsafe_unsandboxed_jobs = true in site.toml to run job code unsandboxed "
     "(audited)"
 )
+
+
+# The whole environment of a sandboxed process; nothing of the caller's is inherited but
+# thread-pool sizes, and the driver's library path when a GPU is granted.
+_BASE_ENV: Final = {
+    "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+}
+_THREAD_VARS: Final = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_GPU_VARS: Final = ("LD_LIBRARY_PATH",)
+
+
+def sandbox_env(caller_env: Mapping[str, str], *, gpu: bool = False) -> dict[str, str]:
+    """The allow-listed environment of a sandboxed job process."""
+    env = dict(_BASE_ENV)
+    keep = _THREAD_VARS + (_GPU_VARS if gpu else ())
+    env.update({k: caller_env[k] for k in keep if k in caller_env})
+    return env
 
 
 class SandboxUnavailable(InsituError):

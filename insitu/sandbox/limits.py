@@ -40,7 +40,9 @@ __all__ = [
 class Limits:
     """Hard limits for one job worker. Every field is > 0."""
 
-    memory_mb: int  # address space (RLIMIT_AS) of every process in the sandbox
+    # Private writable memory of each process in the sandbox (RLIMIT_DATA). Not RLIMIT_AS:
+    # CUDA reserves far more address space than it uses, so an AS limit breaks GPU jobs.
+    memory_mb: int
     cpu_seconds: int  # CPU time per process (RLIMIT_CPU): SIGXCPU/SIGKILL past it
     processes: int  # RLIMIT_NPROC (enforced by the kernel for a non-root site user)
     open_files: int  # RLIMIT_NOFILE
@@ -125,7 +127,7 @@ def parse_request(raw: object, *, where: str) -> ResourceRequest:
 def _rlimit_values(limits: Limits) -> list[tuple[str, int, int]]:
     mem = limits.memory_mb * 1024 * 1024
     return [
-        ("as", resource.RLIMIT_AS, mem),
+        ("data", resource.RLIMIT_DATA, mem),
         ("cpu", resource.RLIMIT_CPU, limits.cpu_seconds),
         ("nproc", resource.RLIMIT_NPROC, limits.processes),
         ("nofile", resource.RLIMIT_NOFILE, limits.open_files),
@@ -157,12 +159,5 @@ def rlimit_command(limits: Limits, argv: Sequence[str]) -> list[str]:
 def apply_rlimits(limits: Limits) -> None:
     """Set the kernel limits on the calling process (run in the child before exec: every
     process in the sandbox inherits them)."""
-    mem = limits.memory_mb * 1024 * 1024
-    for res, value in (
-        (resource.RLIMIT_AS, mem),
-        (resource.RLIMIT_CPU, limits.cpu_seconds),
-        (resource.RLIMIT_NPROC, limits.processes),
-        (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_CORE, 0),  # a core dump would write the job's memory to disk
-    ):
+    for _name, res, value in _rlimit_values(limits):
         resource.setrlimit(res, (value, value))

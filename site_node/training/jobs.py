@@ -49,6 +49,7 @@ from insitu.sandbox import (
     Limits,
     SandboxSpec,
     require_bwrap,
+    sandbox_env,
 )
 from insitu.telemetry.tracing import extract_from_dict, tracer
 from site_node.approvals import ApprovedCode
@@ -59,19 +60,12 @@ from site_node.training.ledger import PrivacyLedger
 from site_node.training.reply import ParsedInstruction, ParsedReply, error_message
 from site_node.training.runner import ClientAppRunner, build_node_config, worker_env
 
-__all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "sandbox_env", "site_dp_policy"]
+__all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "site_dp_policy"]
 
 log = logging.getLogger(__name__)
 Send = Callable[[session_pb2.SiteMessage], None]
 Audit = Callable[[str, dict[str, str]], None]
 
-# The whole environment of a sandboxed worker; nothing of the daemon's is inherited
-# except thread-pool sizes.
-_SANDBOX_ENV: Final = {
-    "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-}
-_THREAD_VARS: Final = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # How a worker failure is reported to the coordinator (a code, never the detail).
 _WORKER_REFUSALS: Final = {
     ErrorCode.DEADLINE_EXCEEDED: SiteRefusal.WORKER_TIMEOUT,
@@ -80,13 +74,6 @@ _WORKER_REFUSALS: Final = {
     ErrorCode.INTEGRITY: SiteRefusal.REPLY_MALFORMED,
     ErrorCode.INVALID_ARGUMENT: SiteRefusal.REPLY_MALFORMED,
 }
-
-
-def sandbox_env(daemon_env: Mapping[str, str]) -> dict[str, str]:
-    """The allow-listed environment of a sandboxed job worker."""
-    env = dict(_SANDBOX_ENV)
-    env.update({k: daemon_env[k] for k in _THREAD_VARS if k in daemon_env})
-    return env
 
 
 def send_quietly(send: Send, msg: session_pb2.SiteMessage) -> None:
@@ -334,7 +321,7 @@ class SiteJobs:
         spec = SandboxSpec(
             limits=limits,
             ro={layout.directory: "/app", ds.path: f"/data/{ds.name}/{ds.path.name}"},
-            env=sandbox_env(self._daemon_env),
+            env=sandbox_env(self._daemon_env, gpu=gpu is not None),
             gpu=gpu,
         )
         return BwrapLauncher(spec, bwrap=bwrap)

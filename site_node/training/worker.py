@@ -84,7 +84,8 @@ class _Worker:
         TaskIdentity.node_id = node_id
         TaskIdentity.task_id = 0
         node_config = dict(spec["node_config"])
-        node_config.setdefault("device", _default_device())
+        if "device" not in node_config:  # only then import torch to ask
+            node_config["device"] = _default_device()
         app = load_component(spec["app_dir"], spec["clientapp"])
         if not isinstance(app, ClientApp):
             raise InsituError(

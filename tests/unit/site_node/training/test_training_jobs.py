@@ -9,9 +9,10 @@ import pytest
 
 from insitu._proto.v1 import session_pb2
 from insitu.errors import ErrorCode, InsituError
+from insitu.sandbox import sandbox_env
 from site_node.training.datasets import RegisteredDataset
 from site_node.training.dp import DpPolicy
-from site_node.training.jobs import sandbox_env, site_dp_policy
+from site_node.training.jobs import site_dp_policy
 
 
 def _ds(**kw: object) -> RegisteredDataset:
@@ -43,3 +44,5 @@ def test_require_dp_refuses_a_job_without_dp() -> None:
 def test_worker_environment_is_an_allow_list() -> None:
     env = sandbox_env({"VAULT_TOKEN": "s.secret", "OMP_NUM_THREADS": "2", "HOME": "/root"})
     assert "VAULT_TOKEN" not in env and "HOME" not in env and env["OMP_NUM_THREADS"] == "2"
+    assert "LD_LIBRARY_PATH" not in sandbox_env({"LD_LIBRARY_PATH": "/x"})
+    assert sandbox_env({"LD_LIBRARY_PATH": "/x"}, gpu=True)["LD_LIBRARY_PATH"] == "/x"
