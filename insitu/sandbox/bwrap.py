@@ -69,7 +69,7 @@ _ETC_RO: Final = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/
 _GPU_CONTROL_NODES: Final = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 _FIX = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; `make venv` does it), "
-    "or set unsafe_unsandboxed_jobs = true in site.toml to run job code unsandboxed "
+    "or, to run job code unsandboxed, set unsafe_unsandboxed_jobs to true in site.toml "
     "(audited)"
 )
 

@@ -124,14 +124,19 @@ def parse_request(raw: object, *, where: str) -> ResourceRequest:
     return ResourceRequest(asked, gpu)
 
 
-def _rlimit_values(limits: Limits) -> list[tuple[str, int, int]]:
+# Past the CPU soft limit the kernel sends SIGXCPU (a process may see it and exit); this
+# much later, SIGKILL. A worker killed so is reported as over its CPU limit.
+CPU_GRACE_S = 5
+
+
+def _rlimit_values(limits: Limits) -> list[tuple[str, int, int, int]]:
     mem = limits.memory_mb * 1024 * 1024
     return [
-        ("data", resource.RLIMIT_DATA, mem),
-        ("cpu", resource.RLIMIT_CPU, limits.cpu_seconds),
-        ("nproc", resource.RLIMIT_NPROC, limits.processes),
-        ("nofile", resource.RLIMIT_NOFILE, limits.open_files),
-        ("core", resource.RLIMIT_CORE, 0),  # a core dump would write the job's memory out
+        ("data", resource.RLIMIT_DATA, mem, mem),
+        ("cpu", resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + CPU_GRACE_S),
+        ("nproc", resource.RLIMIT_NPROC, limits.processes, limits.processes),
+        ("nofile", resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        ("core", resource.RLIMIT_CORE, 0, 0),  # a core dump would write the job's memory out
     ]
 
 
@@ -141,23 +146,23 @@ def rlimit_command(limits: Limits, argv: Sequence[str]) -> list[str]:
     util-linux ``prlimit`` sets the limits and execs; without it a short Python shim does
     the same. (A ``preexec_fn`` is not safe in the daemon: it forks with gRPC threads.)
     """
+    values = _rlimit_values(limits)
     prlimit = shutil.which("prlimit")
     if prlimit is not None:
-        flags = [f"--{name}={value}" for name, _res, value in _rlimit_values(limits)]
+        flags = [f"--{name}={soft}:{hard}" for name, _res, soft, hard in values]
         return [prlimit, *flags, "--", *argv]
     shim = (
         "import os,resource,sys\n"
-        "for r,v in zip(sys.argv[1].split(','),sys.argv[2].split(',')):\n"
-        "    resource.setrlimit(int(r),(int(v),int(v)))\n"
-        "os.execv(sys.argv[3],sys.argv[3:])"
+        "for r,s,h in (x.split(':') for x in sys.argv[1].split(',')):\n"
+        "    resource.setrlimit(int(r),(int(s),int(h)))\n"
+        "os.execv(sys.argv[2],sys.argv[2:])"
     )
-    values = _rlimit_values(limits)
-    return [sys.executable, "-S", "-c", shim, ",".join(str(r) for _n, r, _v in values),
-            ",".join(str(v) for _n, _r, v in values), *argv]
+    spec = ",".join(f"{res}:{soft}:{hard}" for _n, res, soft, hard in values)
+    return [sys.executable, "-S", "-c", shim, spec, *argv]
 
 
 def apply_rlimits(limits: Limits) -> None:
     """Set the kernel limits on the calling process (run in the child before exec: every
     process in the sandbox inherits them)."""
-    for _name, res, value in _rlimit_values(limits):
-        resource.setrlimit(res, (value, value))
+    for _name, res, soft, hard in _rlimit_values(limits):
+        resource.setrlimit(res, (soft, hard))

@@ -336,6 +336,11 @@ class ClientAppRunner:
             raise InsituError(ErrorCode.INTERNAL, f"bad frame from worker during {what}: {item}")
         if item is None:
             code = worker.proc.wait()
+            if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):  # bwrap reports 128 + signal
+                raise InsituError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"ClientApp worker of run {self.run_id} exceeded its CPU time limit",
+                )
             raise InsituError(
                 ErrorCode.UNAVAILABLE,
                 f"ClientApp worker of run {self.run_id} exited with code {code} during {what}",

@@ -70,3 +70,9 @@ def forge(msg: Message, context: Context) -> Message:
     reply = _reply(msg, context)
     reply.metadata.__dict__["_src_node_id"] = 999_999  # pretend to be another node
     return reply
+
+
+@app.query("spin")
+def spin(msg: Message, context: Context) -> Message:
+    while True:  # burns CPU until the sandbox's CPU limit ends the worker
+        pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,24 @@ def test_breast_cancer_train_then_evaluate(bcw_runner: ClientAppRunner) -> None:
     eval_metrics = evaluated.content.metric_records["metrics"]
     assert eval_metrics["eval-acc"] > 0.8  # two epochs on real data already separate well
     assert eval_metrics["num-examples"] > 10
+
+
+def test_a_sandbox_limit_ends_the_worker_and_the_next_message_gets_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    limits = replace(DEFAULT_LIMITS, cpu_seconds=2, memory_mb=1024)
+    launcher = BwrapLauncher(SandboxSpec(limits=limits, ro={PROBE_APP: "/app"}),
+                             bwrap=require_bwrap())
+    runner = ClientAppRunner(
+        PROBE_APP, "probe.client_app:app",
+        build_node_config(0, 1, "d", "/data/none.csv", device="cpu"), RUN_ID, NODE_ID,
+        launcher=launcher, timeout_s=60,
+    )
+    with runner:
+        runner.start()
+        first = runner.pid
+        with pytest.raises(InsituError, match="CPU time limit") as err:
+            runner.handle(_task("query.spin"))
+        assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+        assert _info(runner.handle(_task("train")))["count"] == 1
+        assert runner.pid != first and runner.starts == 2
