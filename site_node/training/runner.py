@@ -1,8 +1,11 @@
 """Run one job's ClientApp in a supervised worker process, behind the site's message mods.
 
 The site daemon holds keys, so job code never runs inside it. For each approved job it
-keeps one :class:`ClientAppRunner`; each task message the coordinator sends (a serialized
-Flower ``Message``) goes through :meth:`ClientAppRunner.handle`, which
+keeps one :class:`ClientAppRunner`, whose worker process a :class:`insitu.sandbox.Launcher`
+starts (the site uses a bubblewrap sandbox; a plain child process only for
+``unsafe_unsandboxed_jobs`` and this module's own tests). Each task message the coordinator
+sends (a serialized Flower ``Message``) goes through :meth:`ClientAppRunner.handle` (or
+:meth:`ClientAppRunner.run` for a decoded one), which
 
 1. refuses message types other than ``train``/``evaluate``/``query`` (and their
    ``.<action>`` forms) and messages addressed to another run or node, *before* they
@@ -12,7 +15,9 @@ Flower ``Message``) goes through :meth:`ClientAppRunner.handle`, which
 3. hands the message to the worker and waits at most ``timeout_s`` for its reply,
    killing the worker on timeout; a crashed worker is restarted for the next message,
    with the run's ``context.state`` as it was after the last successful message;
-4. checks the reply really answers the request before returning its bytes.
+4. checks the reply really answers the request, parsing it once
+   (:class:`site_node.training.reply.ParsedReply`); the daemon's egress contract and DP
+   step read that value.
 
 Example::
 
