@@ -16,7 +16,7 @@ ORT_EXTRA :=
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-tools protos lint bench clean
+.PHONY: help venv demo test test-tools sandbox-tools protos lint bench clean
 
 help:
 	@echo "make demo    - run the end-to-end federation demo on embedded defaults"
@@ -32,12 +32,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]" $(ORT_EXTRA)
 	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) sandbox-tools
 
-demo: $(STAMP)
+demo: $(STAMP) sandbox-tools
 	$(BIN)/insitu demo
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools sandbox-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's prometheus (scrape test) and promtool (config check). Best effort: where apt is
@@ -47,6 +47,18 @@ test-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 	      || echo "note: could not install prometheus; its tests will skip"; \
+	  fi; }
+
+# bubblewrap (bwrap): the site runs every job's code in a bwrap sandbox and refuses jobs
+# without one, so the demo and the sandbox tests need it. Best effort, as above: where apt
+# is missing or refused, say so; the tests that need bwrap then skip or fail naming it.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "note: could not install bubblewrap; the site will refuse jobs (deploy/README.md, Job sandbox)"; \
+	  else \
+	    echo "note: bwrap not found; install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or the site refuses jobs"; \
 	  fi; }
 
 protos: $(STAMP)

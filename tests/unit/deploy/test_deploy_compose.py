@@ -210,3 +210,19 @@ def test_promtool_accepts_the_prometheus_config() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# The job sandbox: bwrap, unprivileged, creates a user namespace and in it mount/pid/net/
+# ipc/uts/cgroup namespaces with a fresh /proc. Docker's default seccomp profile, its
+# AppArmor profile and its /proc masks each forbid a step; the sites (only they) lift them.
+_SANDBOX_OPTS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+
+
+def test_sites_may_build_the_job_sandbox_and_nothing_else_may(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        opts = set(svc.get("security_opt", []))
+        if svc.get("environment", {}).get("SITE_ID"):
+            assert opts >= _SANDBOX_OPTS, name
+            assert not svc.get("cap_add") and svc["cap_drop"] == ["ALL"], name
+        else:
+            assert not opts & _SANDBOX_OPTS, name

@@ -73,3 +73,16 @@ def test_copy_sources_exist_and_reach_the_build() -> None:
                 assert not _ignored(rel, patterns), f"{rel} is excluded by the .dockerignore"
                 checked += 1
     assert checked >= 8
+
+
+def test_the_runtime_image_installs_bubblewrap() -> None:
+    """The site runs job code under bwrap and refuses jobs without it."""
+    ops = _instructions()
+    final = max(i for i, (op, _) in enumerate(ops) if op == "FROM")
+    installs = [rest for op, rest in ops[final:] if op == "RUN" and "apt-get install" in rest]
+    assert any(re.search(r"\bbubblewrap\b", rest) for rest in installs), installs
+    # Installed before the image drops to the unprivileged user (apt needs root).
+    user_at = max(i for i, (op, _) in enumerate(ops) if op == "USER")
+    assert all(
+        i < user_at for i, (op, rest) in enumerate(ops) if op == "RUN" and "bubblewrap" in rest
+    )

@@ -231,3 +231,70 @@ def test_commands_are_ones_the_clis_accept(
                 check_cli(words)
                 checked += 1
     assert checked >= 3
+
+
+# ---- the site's job sandbox (bubblewrap) ----------------------------------------------
+# bwrap, unprivileged, creates a user namespace and in it mount/pid/net/ipc/uts/cgroup
+# namespaces with a fresh /proc. In a pod that needs an unmasked /proc (which Kubernetes
+# allows only in a pod user namespace) and no runtime seccomp or AppArmor profile.
+
+SITE = ("insitu-site-a", "site")
+
+
+def _site_container() -> dict[str, Any]:
+    pod = dict(_pod_templates())[SITE[0]]
+    return next(c for c in pod["spec"]["containers"] if c["name"] == SITE[1])
+
+
+def test_site_pod_can_build_the_job_sandbox() -> None:
+    pod = dict(_pod_templates())[SITE[0]]["spec"]
+    assert pod["hostUsers"] is False  # required for procMount Unmasked
+    sc = _site_container()["securityContext"]
+    assert sc["procMount"] == "Unmasked"
+    assert sc["seccompProfile"] == {"type": "Unconfined"}
+    assert sc["appArmorProfile"] == {"type": "Unconfined"}
+    # The sandbox costs no privilege: still no escalation, no capability, not privileged.
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_only_the_site_container_relaxes_the_runtime_defaults() -> None:
+    checked = 0
+    for name, pod in _pod_templates():
+        for c in _containers(pod):
+            if (name, c["name"]) == SITE:
+                continue
+            sc = c["securityContext"]
+            assert sc.get("procMount", "Default") == "Default", (name, c["name"])
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", (name, c["name"])
+            assert "appArmorProfile" not in sc, (name, c["name"])
+            checked += 1
+        if name != SITE[0]:
+            assert pod["spec"].get("hostUsers", True) is True, name
+    assert checked >= 2
+
+
+def _pss(namespace: str) -> dict[str, str]:
+    labels = _one("Namespace", namespace)["metadata"]["labels"]
+    prefix = "pod-security.kubernetes.io/"
+    return {k.removeprefix(prefix): v for k, v in labels.items() if k.startswith(prefix)}
+
+
+def test_pod_security_admits_the_sandbox_in_the_site_namespace_only() -> None:
+    # baseline and restricted both forbid Unmasked /proc and Unconfined seccomp/AppArmor.
+    assert _pss("insitu-site")["enforce"] == "privileged"
+    assert _pss("insitu-site")["audit"] == _pss("insitu-site")["warn"] == "restricted"
+    assert _pss("insitu")["enforce"] == "restricted"
+    for name, doc in DOCS:
+        if doc["kind"] == "Namespace":
+            continue
+        want = "insitu-site" if name.startswith("site.yaml:") else "insitu"
+        assert doc["metadata"]["namespace"] == want, name
+
+
+def test_vault_roles_are_bound_where_the_service_accounts_live() -> None:
+    script = (K8S_DIR.parent / "vault" / "bootstrap.sh").read_text()
+    defaults = dict(re.findall(r"^(k8s_(?:site_)?namespace)=(\S+)$", script, re.MULTILINE))
+    site_sa = _one("ServiceAccount", "insitu-site")["metadata"]["namespace"]
+    coordinator_sa = _one("ServiceAccount", "insitu-coordinator")["metadata"]["namespace"]
+    assert defaults == {"k8s_namespace": coordinator_sa, "k8s_site_namespace": site_sa}

@@ -1,6 +1,7 @@
 """deploy/systemd: the units pass `systemd-analyze verify` with no diagnostic, score "OK"
-(exposure <= 2.0) in `systemd-analyze security --offline`, carry the hardening the
-install guide promises, and start commands the real CLIs accept."""
+in `systemd-analyze security --offline` (coordinator <= 2.0; the site <= 3.0, the price of
+its job sandbox), carry the hardening the install guide promises, let the site's bubblewrap
+build the job sandbox, and start commands the real CLIs accept."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 UNIT_DIR = Path(__file__).resolve().parents[3] / "deploy" / "systemd"
 UNITS = ["insitu-site.service", "insitu-coordinator.service"]
 INSTALL_BIN = "/opt/insitu/venv/bin/"
-MAX_EXPOSURE = 2.0  # systemd's "OK" band
+# systemd's "OK" band ends below 5.0. The coordinator scores 1.5; the site gives up about
+# 1.3 for the job sandbox (user namespaces, mount syscalls, a /proc without overmounts).
+MAX_EXPOSURE = {"insitu-coordinator.service": 2.0, "insitu-site.service": 3.0}
 
 needs_systemd = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
@@ -104,7 +107,7 @@ def test_exposure_level_is_ok(unit: str, installed_copy: Callable[[str], Path]) 
     )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out.stdout + out.stderr)
     assert m, out.stdout + out.stderr
-    assert float(m.group(1)) <= MAX_EXPOSURE, out.stdout
+    assert float(m.group(1)) <= MAX_EXPOSURE[unit], out.stdout
 
 
 _REQUIRED = {
@@ -117,8 +120,6 @@ _REQUIRED = {
     "PrivateDevices": "yes",
     "CapabilityBoundingSet": "",
     "AmbientCapabilities": "",
-    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
-    "RestrictNamespaces": "yes",
     "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
     "SystemCallArchitectures": "native",
@@ -127,15 +128,105 @@ _REQUIRED = {
 }
 
 
+# Where the units differ: the site's bubblewrap needs namespaces, rtnetlink (loopback in
+# the job's network namespace), a /proc with nothing mounted over it, and sethostname.
+_PER_UNIT = {
+    "insitu-coordinator.service": {
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "RestrictNamespaces": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectHostname": "yes",
+    },
+    "insitu-site.service": {
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "RestrictNamespaces": "user mnt pid net ipc uts cgroup",
+        "ProtectKernelTunables": "no",
+        "ProtectKernelLogs": "no",
+        "ProtectHostname": "no",
+        "ReadOnlyPaths": "/sys",
+        "PrivateMounts": "yes",
+    },
+}
+
+
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_carries_the_promised_hardening(unit: str) -> None:
     d = _directives(unit)
-    for key, value in _REQUIRED.items():
+    for key, value in {**_REQUIRED, **_PER_UNIT[unit]}.items():
         assert d.get(key) == [value], f"{unit}: {key}={d.get(key)}"
     assert "@system-service" in d["SystemCallFilter"]
     state = d["StateDirectory"][0]
     assert d["ReadWritePaths"] == [f"/var/lib/{state}"]
     assert d["StateDirectoryMode"] == ["0700"]
+
+
+def _syscall_set(name: str) -> set[str]:
+    """The system calls ``name`` (a call or an @group) stands for, per systemd-analyze."""
+    if not name.startswith("@"):
+        return {name}
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    calls: set[str] = set()
+    for line in out.splitlines()[1:]:
+        word = line.strip()
+        if word and not word.startswith("#"):
+            calls |= _syscall_set(word)
+    return calls
+
+
+def _allowed_syscalls(unit: str) -> set[str]:
+    """What the unit's SystemCallFilter= lines allow, merged as systemd does: the first
+    line is an allow list; later lines add calls, or take them away with ``~``."""
+    allowed: set[str] | None = None
+    for value in _directives(unit)["SystemCallFilter"]:
+        deny = value.startswith("~")
+        calls = set().union(*(_syscall_set(w) for w in value.lstrip("~").split()))
+        if allowed is None:
+            assert not deny, "the first SystemCallFilter= must be the allow list"
+            allowed = calls
+        elif deny:
+            allowed -= calls
+        else:
+            allowed |= calls
+    assert allowed is not None
+    return allowed
+
+
+# What unprivileged `bwrap --unshare-all --proc --dev --hostname --cap-drop ALL` calls
+# beyond an ordinary service (strace of bwrap 0.8, and its source): namespaces, the new
+# root, dropping its namespace capabilities, naming the job's host.
+_BWRAP_CALLS = {"clone", "unshare", "mount", "umount2", "pivot_root", "capset", "sethostname"}
+# Still refused to the site (and so to every job it starts).
+_STILL_REFUSED = {"chroot", "init_module", "kexec_load", "reboot", "swapon", "syslog", "bpf"}
+
+
+@needs_systemd
+def test_site_syscall_filter_lets_bwrap_build_the_sandbox() -> None:
+    site = _allowed_syscalls("insitu-site.service")
+    assert site >= _BWRAP_CALLS, sorted(_BWRAP_CALLS - site)
+    assert not site & _STILL_REFUSED, sorted(site & _STILL_REFUSED)
+    # The check can fail: the coordinator's filter (no sandbox) refuses what bwrap needs.
+    assert {"mount", "pivot_root", "capset"}.isdisjoint(
+        _allowed_syscalls("insitu-coordinator.service")
+    )
+
+
+def test_site_unit_keeps_bwrap_unprivileged() -> None:
+    """The sandbox must not cost the service privileges outside bwrap's namespaces."""
+    d = _directives("insitu-site.service")
+    assert d["NoNewPrivileges"] == ["yes"]
+    assert d["CapabilityBoundingSet"] == [""] and d["AmbientCapabilities"] == [""]
+    assert "time" not in d["RestrictNamespaces"][0].split()
+    # PrivateUsers= would also do (bwrap nests), but it is not needed; ProcSubset=pid or
+    # any other mount over /proc would make the kernel refuse the job's fresh /proc.
+    assert "ProcSubset" not in d and "InaccessiblePaths" not in d
+    assert d["ProtectProc"] == ["invisible"]  # a new proc instance: no overmount
 
 
 def test_site_unit_stops_when_the_federation_refuses_it() -> None:
