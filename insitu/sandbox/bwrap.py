@@ -139,9 +139,13 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-@functools.cache
+_WORKING: set[str] = set()  # bwrap paths that built a sandbox (a failure is retried)
+
+
 def _probe(bwrap: str) -> str | None:
     """None when ``bwrap`` can build the sandbox this module uses, else why not."""
+    if bwrap in _WORKING:
+        return None
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--proc", "/proc",
             "--dev", "/dev", *_system_args(), "--", "/bin/true"]
@@ -151,6 +155,7 @@ def _probe(bwrap: str) -> str | None:
         return f"{type(err).__name__}"
     if done.returncode != 0:
         return done.stderr.decode("utf-8", "replace").strip()[:300] or f"exit {done.returncode}"
+    _WORKING.add(bwrap)
     return None
 
 
