@@ -3,10 +3,12 @@
 ``site_node.training.dp.clip_and_noise`` on a 25M-parameter float32 update (split over 4
 arrays, as a model's layers are), from a reply and a global model already in memory:
 the update, its float64-accumulated L2 norm, the clip, Gaussian noise, into fresh output
-arrays. The baseline is the least any Gaussian mechanism must do: ``torch.randn(n,
-generator=g)`` and ``x.add_(noise)`` over the same number of float32 values, with the same
-generator kind and torch's threads. Ratio = baseline time / ours (higher is better).
-Target >= 0.5x: the noise dominates, and ours makes about three more passes over memory.
+arrays. Ours draws its noise from the site's CSPRNG (AES-256-CTR keystream, Box-Muller);
+the baseline is the least any Gaussian mechanism must do with torch's own (non-
+cryptographic) generator: ``torch.randn(n, generator=g)`` and ``x.add_(noise)`` over the
+same number of float32 values, with torch's threads. Ratio = baseline time / ours (higher
+is better). Target >= 0.5x: the noise dominates, and ours makes about three more passes
+over memory.
 
 Run: .venv/bin/python bench/bench_site_dp.py [--params 25000000] [--arrays 4] [--repeats 7]
 """
@@ -69,7 +71,7 @@ def main() -> None:
     x = torch.zeros(args.params, dtype=torch.float32)
 
     def ours() -> None:
-        release = clip_and_noise(reply, base, policy, generator=g)
+        release = clip_and_noise(reply, base, policy)  # the site's path: CSPRNG noise
         assert release.clipped
 
     def raw() -> None:

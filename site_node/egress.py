@@ -7,10 +7,12 @@ A reply to a job's instruction must meet the **egress contract** (:meth:`EgressG
 
 - an Error reply leaves with its code only (the site substitutes the catalog text for
   the reason; a code outside the catalog becomes "ClientApp raised an exception");
-- metric and config entries are numbers or bools, under keys the app declared in its
-  ``[tool.insitu]`` table and in records whose names it declared; the count of entries,
-  each list's length and the records' total bytes are bounded (:class:`EgressBounds`,
-  per site);
+- metric and config entries are finite numbers or bools, under keys the app declared in
+  its ``[tool.insitu]`` table and in records whose names it declared; the count of
+  entries, each list's length and the records' total bytes are bounded
+  (:class:`EgressBounds`, per site); for a job under site DP, metrics are scalars and at
+  most ``dp_max_entries`` (they are outside the DP guarantee);
+- a record or entry of no known kind is refused;
 - arrays answer the instruction exactly: the same records, names, shapes, dtypes and
   serialization, none missing and none extra; arrays in a reply to an instruction without
   arrays are refused.
@@ -22,6 +24,7 @@ by the site's DP (``site_node.training.dp``) where a dataset declares it.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,9 +51,12 @@ class EgressBounds:
     max_list_length: int = 64  # elements of one list-valued entry
     max_record_bytes: int = 16 * 1024  # serialized metric + config records of one reply
     max_reply_bytes: int = 512 * 1024 * 1024
+    # On a dataset with site DP the metrics are outside the DP guarantee: fewer, scalars only.
+    dp_max_entries: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("max_entries", "max_list_length", "max_record_bytes", "max_reply_bytes"):
+        for name in ("max_entries", "max_list_length", "max_record_bytes", "max_reply_bytes",
+                     "dp_max_entries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InsituError(ErrorCode.CONFIG, f"egress bound {name} must be an integer > 0")
@@ -83,14 +89,18 @@ class EgressGuard:
         # (job id, message id) -> the instruction's array layout, for replies we owe.
         self._owed: dict[tuple[str, str], Mapping[str, Mapping[str, ArraySpec]]] = {}
         self._declared: dict[str, AppDeclaration] = {}
+        self._dp_jobs: set[str] = set()
         self._cleared: set[tuple[str, str]] = set()  # whole replies checked, chunks pending
         self._cleared_releases: set[str] = set()
         self.admitted = 0
 
-    def register_job(self, job_id: str, declaration: AppDeclaration) -> None:
-        """What the approved app of ``job_id`` declared (metric keys, record names)."""
+    def register_job(self, job_id: str, declaration: AppDeclaration, *, dp: bool = False) -> None:
+        """What the approved app of ``job_id`` declared (metric keys, record names), and
+        whether the site applies DP to its updates (then metrics are scalars, and fewer)."""
         with self._lock:
             self._declared[job_id] = declaration
+            if dp:
+                self._dp_jobs.add(job_id)
 
     def expect_reply(
         self, job_id: str, message_id: str, arrays: Mapping[str, Mapping[str, ArraySpec]]
@@ -104,6 +114,7 @@ class EgressGuard:
             for k in [k for k in self._owed if k[0] == job_id]:
                 del self._owed[k]
             self._declared.pop(job_id, None)
+            self._dp_jobs.discard(job_id)
 
     def _refuse(self, route: str, rule: str, refusal: SiteRefusal = SiteRefusal.REPLY_MALFORMED
                 ) -> EgressRefused:
@@ -121,6 +132,7 @@ class EgressGuard:
         with self._lock:
             shapes = self._owed.get((job_id, message_id))
             declared = self._declared.get(job_id)
+            dp = job_id in self._dp_jobs
         if shapes is None or declared is None:
             raise self._refuse("task_reply", "no instruction is awaiting this reply")
         if reply.size > self.max_reply_bytes:
@@ -128,10 +140,12 @@ class EgressGuard:
                                SiteRefusal.REPLY_TOO_LARGE)
         if reply.duplicate_keys:
             raise self._refuse("task_reply", "duplicate record or entry keys")
+        if reply.unknown_records:
+            raise self._refuse("task_reply", "a record or entry of no known kind")
         if reply.error_code is not None:
             raise self._refuse("task_reply", "an error reply leaves as a code only",
                                SiteRefusal.ERROR_REASON_REPLACED)
-        self._check_records(reply, declared)
+        self._check_records(reply, declared, dp)
         self._check_arrays(reply, shapes)
 
     def release(self, job_id: str, message_id: str) -> None:
@@ -142,8 +156,9 @@ class EgressGuard:
                 raise self._refuse("task_reply", "no instruction is awaiting this reply")
         self._clear_owed(job_id, message_id)
 
-    def _check_records(self, reply: ParsedReply, declared: AppDeclaration) -> None:
+    def _check_records(self, reply: ParsedReply, declared: AppDeclaration, dp: bool) -> None:
         route, bounds = "task_reply", self.bounds
+        max_entries = bounds.dp_max_entries if dp else bounds.max_entries
         entries = 0
         for kind, records in (("metric", reply.metrics), ("config", reply.configs)):
             for name, record in records.items():
@@ -158,14 +173,21 @@ class EgressGuard:
                     if any(isinstance(v, str | bytes) or v is None for v in values):
                         raise self._refuse(route, f"{kind} value is text or bytes",
                                            SiteRefusal.METRIC_VALUE_NOT_NUMERIC)
+                    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                        # A NaN carries 51 payload bits of the app's choosing.
+                        raise self._refuse(route, f"{kind} value is not finite",
+                                           SiteRefusal.METRIC_VALUE_NOT_NUMERIC)
+                    if dp and isinstance(value, list):
+                        raise self._refuse(route, f"{kind} list under site DP",
+                                           SiteRefusal.METRICS_TOO_LARGE)
                     if len(values) > bounds.max_list_length:
                         raise self._refuse(
                             route, f"{kind} list longer than {bounds.max_list_length}",
                             SiteRefusal.METRICS_TOO_LARGE,
                         )
                 entries += len(record)
-        if entries > bounds.max_entries:
-            raise self._refuse(route, f"more than {bounds.max_entries} metric/config entries",
+        if entries > max_entries:
+            raise self._refuse(route, f"more than {max_entries} metric/config entries",
                                SiteRefusal.METRICS_TOO_LARGE)
         if reply.record_bytes > bounds.max_record_bytes:
             raise self._refuse(route, f"metric/config records over {bounds.max_record_bytes} "

@@ -172,6 +172,20 @@ def require_bwrap(bwrap: str | None = None) -> str:
     return path
 
 
+# Kernel tunables and triggers under /proc. A daemon running as root maps the sandbox's uid
+# to host root, and bwrap leaves these writable then; they are made read-only.
+_PROC_READ_ONLY: Final = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus",
+                          "/proc/fs")
+
+
+def _proc_read_only_args() -> list[str]:
+    args: list[str] = []
+    for p in _PROC_READ_ONLY:
+        if os.path.exists(p):
+            args += ["--ro-bind", p, p]
+    return args
+
+
 def _system_args() -> list[str]:
     args: list[str] = []
     for p in _SYSTEM_RO:
@@ -270,9 +284,13 @@ class BwrapLauncher:
         """The bwrap options (without the command)."""
         spec = self.spec
         args = [
-            "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            # --unshare-user as well: --disable-userns needs it (no nested user namespaces,
+            # the usual door to kernel attack surface).
+            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--cap-drop", "ALL",
             "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--hostname", "insitu-job",
             "--proc", "/proc", "--dev", "/dev",
+            *_proc_read_only_args(),
             *_system_args(),
         ]
         for path in runtime_paths():
@@ -285,8 +303,13 @@ class BwrapLauncher:
                 args += ["--ro-bind", "/proc/driver/nvidia", "/proc/driver/nvidia"]
             if os.path.isdir("/sys"):  # the CUDA driver reads PCI topology from sysfs
                 args += ["--ro-bind", "/sys", "/sys"]
+        # All the job can write: one bounded tmpfs at /scratch (with /tmp pointing into
+        # it) and a bounded /dev/shm; the sandbox's root is remounted read-only last.
         size = str(spec.limits.scratch_mb * 1024 * 1024)
-        args += ["--size", size, "--tmpfs", SCRATCH, "--size", size, "--tmpfs", "/tmp"]  # noqa: S108
+        args += ["--size", size, "--tmpfs", SCRATCH,
+                 "--dir", f"{SCRATCH}/.tmp", "--symlink", f"{SCRATCH}/.tmp", "/tmp",  # noqa: S108
+                 "--size", size, "--tmpfs", "/dev/shm",  # noqa: S108
+                 "--remount-ro", "/dev", "--remount-ro", "/"]
         args += ["--chdir", spec.cwd, "--clearenv"]
         for key, value in sorted(self._env.items()):
             args += ["--setenv", key, value]

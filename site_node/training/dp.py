@@ -16,10 +16,16 @@ What is guaranteed, and what is not:
 - **Not record-level DP**, unless the app also trains with DP-SGD (e.g. Opacus) and
   accounts for that itself. Update-level DP protects the dataset as a whole; the epsilon
   it reports is far more conservative per record, but it is a different statement.
-- The noise comes from torch's Mersenne Twister, seeded per call from the OS CSPRNG
-  (``os.urandom``). It is not itself a CSPRNG: an observer who recovered the generator's
-  state could subtract the noise. Opacus' ``secure_mode`` would need torchcsprng.
-- Floating-point arithmetic is as usual: the clip holds up to rounding.
+- **Adjacency.** The statement is about the site's contribution being present or not
+  (the update moves by at most ``clip_norm``). Replacing the whole dataset with another
+  can move it by up to ``2 * clip_norm``: for that reading, halve the noise multiplier.
+- The noise comes from a CSPRNG: an AES-256-CTR keystream under a fresh key from
+  ``os.urandom`` per release, turned into normals by Box-Muller (the radius from a 32-bit
+  uniform in float64, so tails reach 6.6 standard deviations). A seeded PRNG would not do:
+  torch's Mersenne Twister keeps 32 bits of a seed, few enough to search for the noise
+  and subtract it.
+- Floating-point arithmetic is as usual: the clip holds up to rounding, and the noise is
+  not snapped against floating-point attacks on the Gaussian mechanism.
 
 Example::
 
@@ -189,12 +195,38 @@ def _flat_view(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+class _GaussianStream:
+    """Normal samples from an AES-256-CTR keystream (fresh random key and nonce)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
+        self._encryptor = cipher.encryptor()
+        self._zeros = bytes(8 * ((_NOISE_CHUNK + 1) // 2))
+
+    def fill_(self, out: torch.Tensor, std: float) -> None:
+        """Write ``out.numel()`` samples of N(0, std^2) into ``out`` (1-D, float)."""
+        import torch
+
+        k = out.numel()
+        m = (k + 1) // 2
+        keystream = bytearray(self._encryptor.update(self._zeros[:8 * m]))
+        bits = torch.frombuffer(keystream, dtype=torch.int32)
+        # Box-Muller: radius from u1 in (0, 1) at full 32-bit resolution, angle from u2.
+        u1 = bits[:m].to(torch.float64).add_(2.0**31 + 0.5).mul_(2.0**-32)
+        radius = u1.log_().mul_(-2.0).sqrt_().mul_(std).to(out.dtype)
+        angle = bits[m:].to(out.dtype).add_(2.0**31).mul_(2.0 * math.pi / 2.0**32)
+        out[:m].copy_(angle.cos().mul_(radius))
+        out[m:].copy_(angle[: k - m].sin().mul_(radius[: k - m]))
+
+
 def clip_and_noise(
     reply: Arrays,
     base: Arrays,
     policy: DpPolicy,
     *,
-    generator: torch.Generator | None = None,
+    unsafe_generator: torch.Generator | None = None,
 ) -> DpRelease:
     """``base + clip(reply - base) + N(0, (noise_multiplier * clip_norm)^2)``, per coordinate.
 
@@ -202,18 +234,16 @@ def clip_and_noise(
     shapes and floating dtypes (float16/32/64); the update is all their differences as one
     vector. Its L2 norm (accumulated in float64) is scaled to at most ``clip_norm``. The
     result keeps each array's dtype and shape, in fresh buffers; the inputs are not
-    written. Without ``generator``, the noise comes from a fresh torch generator seeded from
-    ``os.urandom`` (see the module docstring: not a CSPRNG). INVALID_ARGUMENT, naming the
-    array and never its values, for mismatched names, shapes or dtypes, non-float arrays,
-    and non-finite values.
+    written. The noise comes from a CSPRNG (see the module docstring); ``unsafe_generator``
+    replaces it with a seeded torch generator, for reproducible tests only.
+    INVALID_ARGUMENT, naming the array and never its values, for mismatched names, shapes
+    or dtypes, non-float arrays, and non-finite values.
     """
     import torch
 
     policy.validate("DP policy")
     pairs = _check_pairs(reply, base)
-    if generator is None:
-        generator = torch.Generator()
-        generator.manual_seed(int.from_bytes(os.urandom(8), "big"))
+    stream = _GaussianStream() if unsafe_generator is None else None
 
     # 1. The update, into the output buffers, and its norm in float64.
     work: list[tuple[str, str, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -246,7 +276,11 @@ def clip_and_noise(
         noise = torch.empty(min(_NOISE_CHUNK, out.numel()), dtype=out.dtype)
         for i in range(0, out.numel(), _NOISE_CHUNK):
             o = out[i:i + _NOISE_CHUNK]
-            z = noise[:o.numel()].normal_(0.0, std, generator=generator)
+            z = noise[:o.numel()]
+            if stream is not None:
+                stream.fill_(z, std)
+            else:
+                z.normal_(0.0, std, generator=unsafe_generator)
             if clipped:
                 torch.add(bt[i:i + _NOISE_CHUNK], o, alpha=scale, out=o)
                 o.add_(z)

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -63,6 +64,7 @@ from site_node.training.runner import ClientAppRunner, build_node_config, worker
 __all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "site_dp_policy"]
 
 log = logging.getLogger(__name__)
+_JOB_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 Send = Callable[[session_pb2.SiteMessage], None]
 Audit = Callable[[str, dict[str, str]], None]
 
@@ -229,6 +231,8 @@ class SiteJobs:
         )
 
     def _check_and_start(self, p: session_pb2.JobProposal) -> tuple[bool, str, str]:
+        if not _JOB_ID.fullmatch(p.job_id):  # it names a folder under <site>/jobs
+            return False, "job id must be 1-64 letters, digits, '_' or '-'", ""
         if hashlib.sha256(p.app_bundle).hexdigest() != p.code_sha256:
             return False, "app bundle does not match its code hash", ""
         if not self.approvals.is_approved(p.code_sha256):
@@ -298,7 +302,7 @@ class SiteJobs:
             raise
         self._audit_start(p, layout, launcher, policy)
         job = _Job(p.job_id, p.code_sha256, ds, runner, accountant)
-        self.guard.register_job(p.job_id, layout.declaration)
+        self.guard.register_job(p.job_id, layout.declaration, dp=accountant is not None)
         with self._lock:
             self._jobs[p.job_id] = job
             self.approved[p.job_id] = (p.owner, p.purpose, p.dataset)
@@ -388,14 +392,21 @@ class SiteJobs:
         job.work.put((done.message_id, instruction, trace))
 
     def _work(self, job: _Job) -> None:
-        while (item := job.work.get()) is not None:
-            message_id, instruction, trace = item
-            # The coordinator's trace continues here: one job round is one trace.
-            with tracer().start_as_current_span(
-                "insitu.round.task", context=extract_from_dict(trace)
-            ):
-                self._handle(job, message_id, instruction)
-        job.runner.close()
+        try:
+            while (item := job.work.get()) is not None:
+                message_id, instruction, trace = item
+                # The coordinator's trace continues here: one job round is one trace.
+                with tracer().start_as_current_span(
+                    "insitu.round.task", context=extract_from_dict(trace)
+                ):
+                    try:
+                        self._handle(job, message_id, instruction)
+                    except Exception:  # one bad reply must not end the job's loop
+                        log.exception("job %s: message %s failed", job.job_id, message_id)
+                        self._refused(job, "site", "site internal error")
+                        self._send_error(job, message_id, instruction, SiteRefusal.SITE_INTERNAL)
+        finally:
+            job.runner.close()
 
     # -- one task --------------------------------------------------------------------
 

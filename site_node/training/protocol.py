@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from insitu.errors import ErrorCode, InsituError
@@ -79,16 +80,28 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO) -> tuple[FrameKind, bytes] | None:
-    """The next frame from a blocking stream, or ``None`` at a clean end of stream."""
+def read_frame(
+    stream: BinaryIO, max_payload: Callable[[FrameKind], int] | None = None
+) -> tuple[FrameKind, bytes] | None:
+    """The next frame from a blocking stream, or ``None`` at a clean end of stream.
+
+    ``max_payload(kind)`` bounds each kind's payload; a larger frame is refused from its
+    header, before a byte of it is read (the sender may be hostile).
+    """
     header = _read_exact(stream, HEADER.size)
     if header is None:
         return None
-    size, kind = HEADER.unpack(header)
+    size, raw_kind = HEADER.unpack(header)
+    try:
+        kind = FrameKind(raw_kind)
+    except ValueError:
+        raise InsituError(ErrorCode.INTERNAL, f"unknown frame kind {raw_kind}") from None
+    if max_payload is not None and size > max_payload(kind):
+        raise InsituError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"{kind.name} frame of {size} bytes exceeds its limit of {max_payload(kind)}",
+        )
     payload = _read_exact(stream, size)
     if payload is None:
         raise InsituError(ErrorCode.INTERNAL, "stream ended inside a frame")
-    try:
-        return FrameKind(kind), payload
-    except ValueError:
-        raise InsituError(ErrorCode.INTERNAL, f"unknown frame kind {kind}") from None
+    return kind, payload

@@ -84,12 +84,19 @@ def _encode_array(value: np.ndarray) -> ProtoArray:
                       data=buf.getvalue())
 
 
-def _entry(value: object) -> Entry:
+def _entry(value: object) -> tuple[str | None, Entry]:
     kind = value.WhichOneof("value")  # type: ignore[attr-defined]
     raw = getattr(value, kind) if kind else None
     if kind is not None and kind.endswith("_list"):
-        return list(raw.vals)  # type: ignore[union-attr]
-    return raw  # type: ignore[return-value]
+        return kind, list(raw.vals)  # type: ignore[union-attr]
+    return kind, raw  # type: ignore[return-value]
+
+
+def _set_entry(target: object, kind: str, value: Entry) -> None:
+    if kind.endswith("_list"):
+        getattr(target, kind).vals.extend(value)
+    else:
+        setattr(target, kind, value)
 
 
 @dataclass(frozen=True)
@@ -128,10 +135,15 @@ class ParsedReply:
     record_bytes: int  # serialized size of the metric and config records
     size: int  # bytes of the whole reply as the worker sent it
     duplicate_keys: bool = False
+    unknown_records: bool = False  # a record of no known kind (or an entry of no value)
     metadata: ProtoMetadata = field(default_factory=ProtoMetadata, repr=False)
     raw: bytes = field(default=b"", repr=False)  # the bytes as the worker sent them
     _content: ProtoRecordDict = field(default_factory=ProtoRecordDict, repr=False)
     _replaced: dict[str, dict[str, np.ndarray]] | None = field(default=None, repr=False)
+    # (record kind, record name) -> entry key -> (value field, value): what encode rebuilds
+    _typed: dict[tuple[str, str], dict[str, tuple[str, Entry]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def parse(cls, data: bytes) -> ParsedReply:
@@ -143,7 +155,8 @@ class ParsedReply:
         arrays: dict[str, dict[str, ArraySpec]] = {}
         metrics: dict[str, dict[str, Entry]] = {}
         configs: dict[str, dict[str, Entry]] = {}
-        record_bytes, seen, duplicate = 0, set(), False
+        typed: dict[tuple[str, str], dict[str, tuple[str, Entry]]] = {}
+        record_bytes, seen, duplicate, unknown = 0, set(), False, False
         for item in proto.content.items:
             duplicate |= item.key in seen
             seen.add(item.key)
@@ -154,12 +167,19 @@ class ParsedReply:
                 arrays[item.key] = specs
             elif kind in ("metric_record", "config_record"):
                 rec = getattr(item, kind)
-                entries = {e.key: _entry(e.value) for e in rec.items}
-                duplicate |= len(entries) != len(rec.items)
+                pairs = {e.key: _entry(e.value) for e in rec.items}
+                duplicate |= len(pairs) != len(rec.items)
+                unknown |= any(k is None for k, _v in pairs.values())
+                typed[(kind, item.key)] = {
+                    key: (k, v) for key, (k, v) in pairs.items() if k is not None
+                }
+                entries = {key: v for key, (_k, v) in pairs.items()}
                 (metrics if kind == "metric_record" else configs)[item.key] = entries
                 record_bytes += rec.ByteSize() + len(item.key.encode())
+            else:  # a key with no record: it would carry its name and nothing else checked
+                unknown = True
         return cls(error, arrays, metrics, configs, record_bytes, len(data), duplicate,
-                   proto.metadata, data, proto.content)
+                   unknown, proto.metadata, data, proto.content, None, typed)
 
     def array_values(self) -> dict[str, dict[str, np.ndarray]]:
         """The reply's arrays decoded and checked against their declared layout."""
@@ -183,21 +203,27 @@ class ParsedReply:
         self._replaced = arrays
 
     def encode(self, instruction: ParsedInstruction, node_id: int) -> ProtoMessage:
-        """The reply that may leave: metadata rebuilt from ``instruction``, arrays
-        re-encoded from values, metric/config records as parsed. An error reply carries
-        its code and the reason the caller set with :meth:`error_message`."""
-        if self.error_code is not None:
-            raise InsituError(ErrorCode.INTERNAL, "encode an error reply with error_message()")
+        """The reply that may leave, built only from checked values in a fixed order:
+        metadata from ``instruction``; arrays re-encoded from their values, in the
+        instruction's order; metric then config records, by name, their entries by key,
+        rebuilt field by field (no unknown protobuf fields, no order of the app's
+        choosing). Error replies are built with :func:`error_message`."""
+        if self.error_code is not None or self.unknown_records:
+            raise InsituError(ErrorCode.INTERNAL, "only a checked, valueful reply is encoded")
         values = self.array_values() if self.arrays else {}
         content = ProtoRecordDict()
-        for item in self._content.items:
-            kind = item.WhichOneof("value")
-            out = content.items.add(key=item.key)
-            if kind == "array_record":
-                for name, value in values[item.key].items():
-                    out.array_record.items.add(key=name).value.CopyFrom(_encode_array(value))
-            elif kind is not None:
-                getattr(out, kind).CopyFrom(getattr(item, kind))
+        for record, names in instruction.arrays.items():
+            if record not in values:
+                continue
+            out = content.items.add(key=record)
+            for name in names:
+                out.array_record.items.add(key=name).value.CopyFrom(
+                    _encode_array(values[record][name])
+                )
+        for kind, name in sorted(self._typed):
+            rec = getattr(content.items.add(key=name), kind)
+            for key, (field_kind, value) in sorted(self._typed[(kind, name)].items()):
+                _set_entry(rec.items.add(key=key).value, field_kind, value)
         return ProtoMessage(metadata=reply_metadata(instruction, node_id), content=content)
 
 

@@ -154,10 +154,23 @@ def error_reply(
     return reply.SerializeToString()
 
 
-class _Worker:
-    """One worker process plus the threads that read its stdout frames and stderr log."""
+MAX_STATE_BYTES: Final = 64 * 1024 * 1024  # context.state; it never leaves the site
+_MAX_CONTROL_BYTES: Final = 1024 * 1024  # READY, ERROR
+MAX_LOG_BYTES: Final = 16 * 1024 * 1024  # of a worker's stderr relayed to the site log
 
-    def __init__(self, argv: list[str], launcher: Launcher, tag: str) -> None:
+
+class _Worker:
+    """One worker process plus the threads that read its stdout frames and stderr log.
+
+    The worker is untrusted: each frame's size is checked from its header before it is
+    read, at most two frames wait unread (the worker then blocks on its pipe), and its
+    stderr is read in bounded chunks, up to ``MAX_LOG_BYTES``.
+    """
+
+    def __init__(
+        self, argv: list[str], launcher: Launcher, tag: str, max_reply_bytes: int
+    ) -> None:
+        self._max_reply_bytes = max_reply_bytes
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=launcher.env, cwd=launcher.cwd,
@@ -165,15 +178,22 @@ class _Worker:
         )
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.stdin: IO[bytes] = self.proc.stdin
-        self.frames: queue.Queue[tuple[FrameKind, bytes] | BaseException | None] = queue.Queue()
+        self.frames: queue.Queue[tuple[FrameKind, bytes] | BaseException | None] = queue.Queue(
+            maxsize=2
+        )
         threading.Thread(target=self._read_frames, args=(self.proc.stdout,), daemon=True,
                          name=f"{tag}-frames").start()
         threading.Thread(target=self._relay_log, args=(self.proc.stderr, tag), daemon=True,
                          name=f"{tag}-log").start()
 
+    def _limit(self, kind: FrameKind) -> int:
+        if kind is FrameKind.REPLY:
+            return self._max_reply_bytes
+        return MAX_STATE_BYTES if kind is FrameKind.STATE else _MAX_CONTROL_BYTES
+
     def _read_frames(self, stream: IO[bytes]) -> None:
         try:
-            while (frame := read_frame(stream)) is not None:  # type: ignore[arg-type]
+            while (frame := read_frame(stream, self._limit)) is not None:  # type: ignore[arg-type]
                 self.frames.put(frame)
         except BaseException as err:  # surfaced to the waiting caller, never lost
             self.frames.put(err)
@@ -181,9 +201,17 @@ class _Worker:
 
     @staticmethod
     def _relay_log(stream: IO[bytes], tag: str) -> None:
-        # Job output stays in the site's own log; it never leaves the site.
-        for raw in stream:
-            log.info("[%s] %s", tag, raw[:4096].decode("utf-8", "replace").rstrip())
+        # Job output stays in the site's own log; it never leaves the site. Read in
+        # chunks (a line without an end must not grow without bound), up to a total.
+        relayed = 0
+        while chunk := stream.read1(4096):  # type: ignore[attr-defined]
+            if relayed >= MAX_LOG_BYTES:
+                continue  # drain and drop: the worker must not block on a full pipe
+            relayed += len(chunk)
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                log.info("[%s] %s", tag, line.rstrip())
+            if relayed >= MAX_LOG_BYTES:
+                log.warning("[%s] log output past %d bytes is dropped", tag, MAX_LOG_BYTES)
 
     def send(self, frame: bytes) -> None:
         self.stdin.write(frame)
@@ -304,7 +332,7 @@ class ClientAppRunner:
             self._worker.kill()
             self._worker = None
         tag = f"job-worker run={self.run_id}"
-        worker = _Worker(self._argv, self.launcher, tag)
+        worker = _Worker(self._argv, self.launcher, tag, self.max_reply_bytes)
         self.starts += 1
         init = {
             "app_dir": self.launcher.inside(self.app_dir), "clientapp": self.clientapp_ref,
@@ -401,6 +429,13 @@ class ClientAppRunner:
             meta = request.metadata
             what = f"{meta.message_type} message {meta.message_id}"
             worker = self._ensure_worker()
+            if not worker.frames.empty() and worker.alive():
+                # Frames nobody asked for: a protocol violation. Start afresh.
+                log.warning("ClientApp worker of run %s sent frames unasked; restarted",
+                            self.run_id)
+                worker.kill()
+                self._worker = None
+                worker = self._ensure_worker()
             payload_in = data if data is not None else request.SerializeToString()
             # If it died, the write fails; the frame reader then reports how it ended.
             with contextlib.suppress(OSError):

@@ -68,7 +68,7 @@ def test_large_update_is_clipped_to_the_norm_along_its_direction(dtype: Any) -> 
     base = _model(dtype=dtype)
     reply = _shift(base, 50.0)
     policy = DpPolicy(clip_norm=2.0, noise_multiplier=QUIET, delta=1e-5)
-    release = clip_and_noise(reply, base, policy, generator=_gen())
+    release = clip_and_noise(reply, base, policy, unsafe_generator=_gen())
     assert release.clipped
     assert release.norm == pytest.approx(50.0, rel=1e-5)
     released = _update(release.arrays, base)
@@ -80,7 +80,7 @@ def test_large_update_is_clipped_to_the_norm_along_its_direction(dtype: Any) -> 
 def test_small_update_is_unchanged_but_for_noise() -> None:
     base = _model(dtype=np.float64)
     reply = _shift(base, 0.5)
-    release = clip_and_noise(reply, base, DpPolicy(1.0, QUIET, 1e-5), generator=_gen())
+    release = clip_and_noise(reply, base, DpPolicy(1.0, QUIET, 1e-5), unsafe_generator=_gen())
     assert not release.clipped
     assert release.norm == pytest.approx(0.5, rel=1e-9)
     for r, arrays in reply.items():
@@ -97,7 +97,7 @@ def test_release_keeps_names_shapes_dtypes_and_leaves_inputs_alone() -> None:
                 v.flags.writeable = False  # as Flower hands them over
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # read-only inputs must not warn
-            release = clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), generator=_gen())
+            release = clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), unsafe_generator=_gen())
         assert list(release.arrays) == list(reply)
         for r, arrays in reply.items():
             assert list(release.arrays[r]) == list(arrays)
@@ -113,7 +113,7 @@ def test_strided_and_byte_swapped_arrays_are_handled() -> None:
     big = rng.standard_normal((8, 8))
     base = {"r": {"w": big[:, ::2], "b": np.zeros(4, dtype=">f8")}}
     reply = {"r": {"w": big[:, ::2] + 0.01, "b": np.full(4, 0.01, dtype=">f8")}}
-    release = clip_and_noise(reply, base, DpPolicy(10.0, QUIET, 1e-5), generator=_gen())
+    release = clip_and_noise(reply, base, DpPolicy(10.0, QUIET, 1e-5), unsafe_generator=_gen())
     assert not release.clipped
     np.testing.assert_allclose(release.arrays["r"]["w"], reply["r"]["w"], atol=1e-9)
     np.testing.assert_allclose(release.arrays["r"]["b"], 0.01, atol=1e-9)
@@ -133,11 +133,16 @@ def test_noise_std_is_noise_multiplier_times_clip_norm() -> None:
     n = 1_000_000
     base = {"a": {"w": np.zeros(n // 2, np.float32)}, "b": {"w": np.ones(n // 2, np.float32)}}
     policy = DpPolicy(clip_norm=3.0, noise_multiplier=0.7, delta=1e-5)
-    release = clip_and_noise(base, base, policy, generator=_gen(7))
+    release = clip_and_noise(base, base, policy)  # the CSPRNG path the site uses
     noise = _update(release.arrays, base)
     assert noise.size == n
     assert noise.std() == pytest.approx(0.7 * 3.0, rel=0.02)
     assert abs(noise.mean()) < 5 * 2.1 / math.sqrt(n)
+    # Gaussian, not merely the right spread: the mass beyond 2 and 3 sigma, and kurtosis.
+    z = noise / (0.7 * 3.0)
+    assert np.mean(np.abs(z) > 2) == pytest.approx(0.0455, abs=0.002)
+    assert np.mean(np.abs(z) > 3) == pytest.approx(0.0027, abs=0.0004)
+    assert np.mean(z**4) == pytest.approx(3.0, abs=0.05)
     # Every coordinate gets its own draw, not one chunk's noise repeated.
     assert len(np.unique(noise)) > 0.99 * n
 
@@ -145,8 +150,8 @@ def test_noise_std_is_noise_multiplier_times_clip_norm() -> None:
 def test_noise_follows_the_generator_and_is_fresh_without_one() -> None:
     base, reply = _model(0), _model(1)
     policy = DpPolicy(1.0, 1.0, 1e-5)
-    a = clip_and_noise(reply, base, policy, generator=_gen(5))
-    b = clip_and_noise(reply, base, policy, generator=_gen(5))
+    a = clip_and_noise(reply, base, policy, unsafe_generator=_gen(5))
+    b = clip_and_noise(reply, base, policy, unsafe_generator=_gen(5))
     np.testing.assert_array_equal(_update(a.arrays, base), _update(b.arrays, base))
     c = clip_and_noise(reply, base, policy)
     d = clip_and_noise(reply, base, policy)
@@ -159,7 +164,7 @@ def test_raw_rows_sent_as_weights_do_not_come_back_out() -> None:
     rows = rng.uniform(0, 100, size=(64, 30)).astype(np.float32)
     base = {"arrays": {"fc.weight": rng.standard_normal((64, 30)).astype(np.float32)}}
     reply = {"arrays": {"fc.weight": base["arrays"]["fc.weight"] + rows}}
-    release = clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), generator=_gen(11))
+    release = clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), unsafe_generator=_gen(11))
     assert release.clipped
     out = release.arrays["arrays"]["fc.weight"]
     smuggled = np.concatenate([rows, reply["arrays"]["fc.weight"]])
@@ -176,7 +181,7 @@ def test_raw_rows_sent_as_weights_do_not_come_back_out() -> None:
 
 def _refused(reply: Arrays, base: Arrays, code: ErrorCode = ErrorCode.INVALID_ARGUMENT) -> str:
     with pytest.raises(InsituError) as info:
-        clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), generator=_gen())
+        clip_and_noise(reply, base, DpPolicy(1.0, 1.0, 1e-5), unsafe_generator=_gen())
     assert info.value.code is code
     return str(info.value)
 
