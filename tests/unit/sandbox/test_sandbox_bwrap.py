@@ -220,3 +220,36 @@ def test_malformed_resource_requests_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InsituError, match=needle):
         parse_request(raw, where="app/pyproject.toml")
+
+
+def test_kernel_tunables_nested_namespaces_and_the_root_are_out_of_reach() -> None:
+    out = _run(BwrapLauncher(SandboxSpec(limits=LIMITS), bwrap=require_bwrap()), """
+import os, subprocess
+def t(name, fn):
+    try:
+        fn(); print(name, "OK")
+    except Exception as e:
+        print(name, "blocked", type(e).__name__)
+t("sysctl", lambda: open("/proc/sys/vm/swappiness", "w").write("60"))
+t("userns", lambda: subprocess.run(["unshare", "-Ur", "true"], check=True, capture_output=True))
+t("root", lambda: open("/big", "w").write("x"))
+t("dev", lambda: open("/dev/big", "w").write("x"))
+t("shm", lambda: open("/dev/shm/big", "wb").write(b"0" * (16 * 1024 * 1024)))
+t("devnull", lambda: open("/dev/null", "w").write("x"))
+""")
+    results = dict(line.split(" ", 1) for line in out.splitlines())
+    assert results["devnull"] == "OK"
+    for name in ("sysctl", "userns", "root", "dev", "shm"):
+        assert results[name].startswith("blocked"), (name, out)
+
+
+def test_frames_over_their_limit_are_refused_from_the_header() -> None:
+    import io
+    import struct
+
+    from site_node.training.protocol import FrameKind, read_frame
+
+    header = struct.pack(">IB", 2**31, FrameKind.STATE)  # claims 2 GiB, sends nothing
+    with pytest.raises(InsituError, match="STATE frame of 2147483648 bytes") as err:
+        read_frame(io.BytesIO(header), lambda kind: 1024)
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED

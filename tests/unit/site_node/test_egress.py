@@ -13,6 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from insitu._proto.v1 import session_pb2
 from insitu.attestation import ATTESTATION_TYPE, sign_attestation
 from insitu.audit.signing import LocalSigner
+from insitu.errors import InsituError
 from insitu.flower.declaration import AppDeclaration
 from insitu.flower.refusals import SiteRefusal, refusal_text
 from site_node.egress import EgressBounds, EgressGuard, EgressRefused
@@ -226,3 +227,64 @@ def test_feature_batch_needs_a_valid_current_attestation(case: str) -> None:
     with pytest.raises(EgressRefused):
         g.admit(chunk)
     assert [k for k, _ in refused] == ["feature_batch", "feature_batch"]
+
+
+def test_a_record_with_a_key_and_no_value_is_refused() -> None:
+    g, _ = _guard()
+    ins = _instruction()
+    _owed(g, ins)
+    proto = message_to_proto(Message(RecordDict({"arrays": _arrays()}), reply_to=ins))
+    proto.content.items.add(key=CANARY * 1000)  # a key, no record: the key is the payload
+    reply = ParsedReply.parse(proto.SerializeToString())
+    with pytest.raises(EgressRefused, match="no known kind"):
+        g.check_reply("j", "m1", reply)
+    with pytest.raises(InsituError):
+        reply.encode(ParsedInstruction.parse(message_to_proto(ins)), node_id=5)
+
+
+def test_encoded_reply_drops_unknown_fields_and_uses_a_fixed_order() -> None:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    layers = {f"l{i}": Array(np.zeros(2, np.float32)) for i in range(6)}
+    ins = Message(RecordDict({"arrays": ArrayRecord(layers)}), dst_node_id=5,
+                  message_type="train")
+    ins.metadata.__dict__["_message_id"] = "m1"
+    backwards = ArrayRecord({k: layers[k] for k in reversed(list(layers))})
+    metrics = MetricRecord({"train-loss": 0.5, "num-examples": 3})
+    proto = message_to_proto(Message(RecordDict({"metrics": metrics, "arrays": backwards}),
+                                     reply_to=ins))
+    # Hide bytes in an unknown protobuf field of the metric record.
+    metric_item = next(i for i in proto.content.items if i.key == "metrics")
+    metric_item.metric_record.items[0].value.MergeFromString(
+        b"\xfa\x3f" + bytes([len(CANARY)]) + CANARY.encode())
+    assert CANARY.encode() in proto.SerializeToString()
+    reply = ParsedReply.parse(proto.SerializeToString())
+    out = reply.encode(ParsedInstruction.parse(message_to_proto(ins)), node_id=5)
+    assert CANARY.encode() not in out.SerializeToString()
+    arrays = next(i for i in out.content.items if i.key == "arrays").array_record
+    assert [a.key for a in arrays.items] == list(layers)  # the instruction's order
+    entries = next(i for i in out.content.items if i.key == "metrics").metric_record
+    assert [e.key for e in entries.items] == ["num-examples", "train-loss"]
+
+
+def test_non_finite_metrics_are_refused() -> None:
+    g, _ = _guard()
+    ins = _instruction()
+    _owed(g, ins)
+    with pytest.raises(EgressRefused, match="not finite"):
+        g.check_reply("j", "m1", _reply(ins, RecordDict(
+            {"arrays": _arrays(), "metrics": MetricRecord({"train-loss": float("nan")})})))
+
+
+def test_under_site_dp_metrics_are_few_scalars() -> None:
+    g, _ = _guard()
+    ins = _instruction()
+    decl = AppDeclaration(metric_keys=frozenset({"num-examples", "train-loss"}
+                                                | {f"m{i}" for i in range(10)}))
+    g.register_job("j", decl, dp=True)
+    g.expect_reply("j", "m1", ParsedInstruction.parse(message_to_proto(ins)).arrays)
+    with pytest.raises(EgressRefused, match="list under site DP"):
+        g.check_reply("j", "m1", _reply(ins, RecordDict(
+            {"arrays": _arrays(), "metrics": MetricRecord({"train-loss": [1.0, 2.0]})})))
+    many = MetricRecord({f"m{i}": float(i) for i in range(10)})
+    with pytest.raises(EgressRefused, match="more than 8"):
+        g.check_reply("j", "m1", _reply(ins, RecordDict({"arrays": _arrays(), "metrics": many})))
