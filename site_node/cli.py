@@ -100,14 +100,19 @@ def approve(
     """Allow job code to run at this site: shows what is approved (code hash, components,
     declared metric keys, requested resources), refuses requests above this site's limits,
     audits the approval naming the approver, and records it where job code cannot write."""
-    from insitu.flower.bundle import code_hash, pack_app, read_app
+    import tempfile
+
+    from insitu.flower.bundle import code_hash, pack_app, unpack_app
     from insitu.rpc.audit import RpcAuditor
     from site_node.approvals import app_summary
     from site_node.daemon import open_site_audit_log
 
     settings = load_site_settings(site_dir)
-    layout = read_app(app_dir)
-    digest = code_hash(pack_app(app_dir))
+    # Pack once; show what is in the packed bundle, so the hash approved is the code shown.
+    bundle = pack_app(app_dir)
+    digest = code_hash(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = unpack_app(bundle, Path(tmp) / "app")
     summary = app_summary(layout)
     print(f"code sha256     {digest}")
     print(f"app             {summary['app']}")
