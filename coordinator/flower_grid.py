@@ -149,6 +149,7 @@ class SessionGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids: list[str] = []
+        batch: list[tuple[str, str, Message, bytes, bytes, str]] = []
         encoded: dict[int, bytes] = {}  # a broadcast's content is serialized once
         for msg in messages:
             site_id = self._sites.get(msg.metadata.dst_node_id)
@@ -169,6 +170,13 @@ class SessionGrid(Grid):
             with self._cv:
                 self._pending[message_id] = _Pending(site_id, msg, rnd)
             ids.append(message_id)
+            batch.append((message_id, site_id, msg, meta, content, rnd))
+        # Every message of the batch is counted as sent before any can be answered, so a
+        # fast reply never makes a round look complete while the rest are still going out.
+        for _mid, site_id, msg, _meta, _content, rnd in batch:
+            self._on_event(GridEvent("sent", site_id, msg.metadata.message_type, rnd))
+        trace = inject_to_dict()
+        for message_id, site_id, _msg, meta, content, _rnd in batch:
             session = self._sessions.get(site_id)
             if session is None or session.closed.is_set():
                 self._fail(
@@ -178,10 +186,8 @@ class SessionGrid(Grid):
                     "unavailable",
                 )
                 continue
-            trace = inject_to_dict()
             for chunk in split_message(self.job_id, message_id, meta, content, None, trace=trace):
                 session.outbound.put(session_pb2.CoordinatorMessage(task=chunk))
-            self._on_event(GridEvent("sent", site_id, msg.metadata.message_type, rnd))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

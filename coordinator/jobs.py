@@ -40,7 +40,7 @@ from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
 from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
 
-__all__ = ["JobManager", "JobRecord", "JobSettings"]
+__all__ = ["JobManager", "JobRecord", "JobSettings", "validate_submit"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class JobRecord:
         )
 
 
-def _validate(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
+def validate_submit(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
+    """INVALID_ARGUMENT naming the field for a submission the coordinator must refuse."""
     def bad(msg: str) -> InsituError:
         return InsituError(ErrorCode.INVALID_ARGUMENT, msg)
 
@@ -149,6 +150,31 @@ def _validate(req: jobs_pb2.SubmitJobRequest, settings: JobSettings) -> None:
         len(k) > 64 or len(v) > 256 for k, v in req.run_config.items()
     ):
         raise bad("run_config is too large")
+    _check_validated_fields(req, bad)
+
+
+def _check_validated_fields(
+    req: jobs_pb2.SubmitJobRequest, bad: Callable[[str], InsituError]
+) -> None:
+    """``run_config`` may not undo what the request's validated fields say: more rounds,
+    fewer sites, or a strategy outside the allow-list."""
+    cfg = {k: config_value(v) for k, v in req.run_config.items()}
+    rounds = cfg.get("num-server-rounds")
+    if rounds is not None and (
+        not isinstance(rounds, int) or isinstance(rounds, bool) or not 1 <= rounds <= req.rounds
+    ):
+        raise bad(f"run_config num-server-rounds must be an integer between 1 and rounds "
+                  f"({req.rounds})")
+    min_nodes = cfg.get("min-nodes")
+    if min_nodes is not None and (
+        not isinstance(min_nodes, int) or isinstance(min_nodes, bool)
+        or not req.min_sites <= min_nodes <= len(req.targets)
+    ):
+        raise bad(f"run_config min-nodes must be an integer between min_sites "
+                  f"({req.min_sites}) and the number of targets ({len(req.targets)})")
+    strategy = cfg.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise bad(f"run_config strategy must be one of {', '.join(STRATEGIES)}")
 
 
 class JobManager:
@@ -183,7 +209,7 @@ class JobManager:
     # -- API -------------------------------------------------------------------------
 
     def submit(self, req: jobs_pb2.SubmitJobRequest, owner: str, org: str = "") -> JobRecord:
-        _validate(req, self.settings)
+        validate_submit(req, self.settings)
         job = JobRecord(
             job_id=uuid.uuid4().hex[:16],
             owner=owner,
@@ -447,6 +473,11 @@ class JobManager:
             }
         )
         run_config.update({k: config_value(v) for k, v in job.run_config.items()})
+        # The validated fields win (submit refused run_config values outside them).
+        run_config["num-server-rounds"] = min(int(run_config["num-server-rounds"]), job.rounds)
+        run_config["min-nodes"] = max(int(run_config["min-nodes"]), job.min_sites)
+        if run_config["strategy"] not in STRATEGIES:
+            run_config["strategy"] = job.strategy
         context = Context(
             run_id=job.run_id,
             node_id=SUPERLINK_NODE_ID,
@@ -520,12 +551,18 @@ def _forget_modules(app_dir: Path) -> None:
 
 
 class _RoundTracker:
-    """Turns grid events into per-round summaries, audit events and ε totals."""
+    """Turns grid events into per-round summaries, audit events and ε totals.
+
+    Thread-safe: events arrive on every site's session thread and the ServerApp's; one
+    lock makes each event's counting and summarizing atomic, so a round is summarized once,
+    with all its replies.
+    """
 
     def __init__(self, job: JobRecord, lock: threading.Condition, audit: AuditFn) -> None:
         self.job = job
         self.lock = lock
         self.audit = audit
+        self._events_lock = threading.Lock()
         self.sent: dict[tuple[str, str], int] = {}
         self.done: dict[tuple[str, str], list[GridEvent]] = {}
         self.started: dict[tuple[str, str], float] = {}
@@ -537,7 +574,8 @@ class _RoundTracker:
         # Replies arrive on session threads: bring the job's trace along for the records.
         token = otel_context.attach(extract_from_dict(self.job.trace))
         try:
-            self._on_event(e)
+            with self._events_lock:
+                self._on_event(e)
         finally:
             otel_context.detach(token)
 
