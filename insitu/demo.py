@@ -25,8 +25,9 @@ import hvac
 from rich.console import Console
 from rich.table import Table
 
+from insitu._proto.v1 import jobs_pb2
 from insitu.apps.breast_cancer.data import central_baseline, site_frames, write_site_csvs
-from insitu.cli.progress import follow_job
+from insitu.cli.progress import follow_job, job_outcome
 from insitu.flower.bundle import app_from_module, code_hash, pack_app
 from insitu.identity.admin_bootstrap import bootstrap_admin
 from insitu.identity.credentials import (
@@ -417,9 +418,11 @@ def run_demo(workspace: Path | None = None) -> int:
             purpose="research",
         )
         final = follow_job(engineer, job.job_id, ROUNDS, console)
-        if final.state != 3:
-            console.print(f"[red]job failed:[/red] {final.error}")
+        outcome = job_outcome(final)
+        if final.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+            console.print("[red]" + "\n".join(outcome) + "[/red]")
             return 1
+        console.print(f"[green]✓[/green] {outcome[0]}")
         fed_acc = _final_accuracy(final)
         with console.status("training the central baseline on the pooled data (demo only) …"):
             central = central_baseline(seed=0)

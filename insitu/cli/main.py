@@ -310,14 +310,14 @@ def job_submit(
         )
         console.print(f"job {job.job_id} submitted (code sha256 {job.code_sha256[:16]}…)")
         if watch:
-            from insitu.cli.progress import follow_job
+            from insitu._proto.v1 import jobs_pb2
+            from insitu.cli.progress import follow_job, job_outcome
 
             final = follow_job(c, job.job_id, rounds, console)
-            if final.state != 3:
-                raise InsituError(
-                    ErrorCode.FAILED_PRECONDITION,
-                    f"job ended in state {final.state}: {final.error}",
-                )
+            lines = job_outcome(final)
+            if final.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+                raise InsituError(ErrorCode.FAILED_PRECONDITION, "\n".join(lines))
+            console.print(lines[0])
 
 
 def _kv(text: str, flag: str) -> tuple[str, str]:

@@ -9,7 +9,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from insitu._proto.v1 import jobs_pb2
 from insitu.sdk.client import Client
 
-__all__ = ["follow_job"]
+__all__ = ["follow_job", "job_outcome", "state_name"]
+
+# What a site_admin or engineer does about a site's refusal, by what the reason says.
+_FIXES = (
+    ("not approved", "its site_admin reviews and approves the app: insitu-site approve"),
+    ("privacy budget", "ask for fewer rounds or more noise, or the site's data steward "
+                       "raises the dataset's epsilon_budget"),
+    ("requires DP", "submit with DP settings (--dp-noise-multiplier, --dp-epsilon)"),
+    ("sandbox unavailable", "the site installs bubblewrap"),
+    ("more than this site allows", "request less in [tool.insitu.resources]"),
+    ("not registered", "the site registers the dataset in datasets.toml"),
+)
+
+
+def state_name(state: int) -> str:
+    """``JOB_STATE_REFUSED`` -> ``refused``."""
+    try:
+        return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+    except ValueError:
+        return f"state {state}"
+
+
+def job_outcome(job: jobs_pb2.Job) -> list[str]:
+    """The lines that end a job's output: what it produced, or why not and each site's
+    refusal with its fix."""
+    name = state_name(job.state)
+    if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
+        made = f"model {job.model_name} {job.model_version}, signed" if job.model_version else (
+            "no model")
+        return [f"job {job.job_id} succeeded: {made}"]
+    lines = [f"job {job.job_id} {name}: {job.error or 'no reason given'}"]
+    for a in job.approvals:
+        if a.decided and not a.approved:
+            fix = next((f for needle, f in _FIXES if needle in a.reason), "")
+            lines.append(f"  {a.site_id}: {a.reason}" + (f"; {fix}" if fix else ""))
+        elif not a.decided:
+            lines.append(f"  {a.site_id}: did not answer the proposal")
+    return lines
 
 
 def follow_job(client: Client, job_id: str, rounds: int, console: Console) -> jobs_pb2.Job:

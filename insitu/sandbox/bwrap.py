@@ -10,8 +10,9 @@ sandbox has:
   with its parent (``--die-with-parent``; the pid namespace ends with its init);
 - read-only: the Python runtime (interpreter, venv, insitu's own packages, system
   libraries) and what the spec lists (the job's unpacked app, the granted dataset files);
-- writable: a size-bounded tmpfs at ``/scratch`` (also ``HOME`` and ``TMPDIR``), gone when
-  the sandbox exits;
+- writable: size-bounded tmpfs mounts at ``/scratch`` (``HOME``), ``/tmp`` (``TMPDIR``) and
+  ``/dev/shm``, each at most ``scratch_mb``, gone when the sandbox exits; the rest of the
+  sandbox's root and ``/dev`` are read-only;
 - nothing else of the host: no site directory, keys, approvals, audit or ledger files;
 - only the environment the spec gives (``--clearenv``);
 - a GPU only when granted: that one ``/dev/nvidia<N>`` node plus the control nodes, and
@@ -283,6 +284,7 @@ class BwrapLauncher:
     def arguments(self) -> list[str]:
         """The bwrap options (without the command)."""
         spec = self.spec
+        size = str(spec.limits.scratch_mb * 1024 * 1024)
         args = [
             # --unshare-user as well: --disable-userns needs it (no nested user namespaces,
             # the usual door to kernel attack surface).
@@ -291,6 +293,8 @@ class BwrapLauncher:
             "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--hostname", "insitu-job",
             "--proc", "/proc", "--dev", "/dev",
             *_proc_read_only_args(),
+            # /tmp first: a runtime installed under /tmp is bound on top of it.
+            "--size", size, "--tmpfs", "/tmp",  # noqa: S108
             *_system_args(),
         ]
         for path in runtime_paths():
@@ -303,11 +307,9 @@ class BwrapLauncher:
                 args += ["--ro-bind", "/proc/driver/nvidia", "/proc/driver/nvidia"]
             if os.path.isdir("/sys"):  # the CUDA driver reads PCI topology from sysfs
                 args += ["--ro-bind", "/sys", "/sys"]
-        # All the job can write: one bounded tmpfs at /scratch (with /tmp pointing into
-        # it) and a bounded /dev/shm; the sandbox's root is remounted read-only last.
-        size = str(spec.limits.scratch_mb * 1024 * 1024)
+        # All the job can write: bounded tmpfs mounts at /scratch, /tmp and /dev/shm (each
+        # at most scratch_mb); the sandbox's root and /dev are remounted read-only last.
         args += ["--size", size, "--tmpfs", SCRATCH,
-                 "--dir", f"{SCRATCH}/.tmp", "--symlink", f"{SCRATCH}/.tmp", "/tmp",  # noqa: S108
                  "--size", size, "--tmpfs", "/dev/shm",  # noqa: S108
                  "--remount-ro", "/dev", "--remount-ro", "/"]
         args += ["--chdir", spec.cwd, "--clearenv"]

@@ -253,3 +253,18 @@ def test_frames_over_their_limit_are_refused_from_the_header() -> None:
     with pytest.raises(InsituError, match="STATE frame of 2147483648 bytes") as err:
         read_frame(io.BytesIO(header), lambda kind: 1024)
     assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+
+
+def test_a_runtime_installed_under_tmp_is_still_visible(tmp_path: Path) -> None:
+    # CI clones into a temporary folder: the venv and packages then live under /tmp,
+    # which the sandbox also mounts as its own /tmp.
+    runtime = tmp_path / "venv-like"
+    runtime.mkdir()
+    (runtime / "marker.txt").write_text("here")
+    spec = SandboxSpec(limits=LIMITS, ro={runtime: str(runtime)})
+    out = _run(BwrapLauncher(spec, bwrap=require_bwrap()), f"""
+print(open({str(runtime / 'marker.txt')!r}).read())
+open('/tmp/scratch-file', 'w').write('x')
+print('tmp writable')
+""")
+    assert out.splitlines() == ["here", "tmp writable"]
