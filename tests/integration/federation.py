@@ -92,17 +92,33 @@ def start_federation(
         )
         if approve(site):
             ApprovedCode(s.site_dir).approve(bundle_hash, "test")
-        settings[site] = load_site_settings(
-            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
-        )
+        settings[site] = _fast_settings(s.site_dir)
+    return _start(rc, keys, tmp, settings, bundle_hash, run)
+
+
+def _fast_settings(site_dir: Path) -> SiteSettings:
+    return load_site_settings(
+        site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
+    )
+
+
+def _start(
+    rc: RunningCoordinator,
+    keys: KeyService,
+    tmp: Path,
+    settings: dict[str, SiteSettings],
+    bundle_hash: str,
+    run: Callable[[str], bool] = lambda s: True,
+) -> Federation:
+    """An ml_engineer (eve), and the daemons of the sites ``run`` picks, connected."""
     with rc.admin() as admin:
         admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer", org="acme")
     eng = user_client(rc, keys, "eve", tmp / "eve")
     fed = Federation(rc, settings, eng, bundle_hash, keys.public_key("model-signing"))
-    for site in sites:
+    for site in settings:
         if run(site):
             fed.start_site(site)
-    n = sum(1 for s in sites if run(s))
+    n = sum(1 for s in settings if run(s))
     with rc.admin() as admin:
         wait_for(lambda: sum(x.connected for x in admin.list_sites()) == n, what="sites")
     return fed
@@ -139,16 +155,5 @@ def start_app_federation(
             'label = "target"\npurposes = ["research"]\nepsilon_budget = 10.0\n'
         )
         ApprovedCode(s.site_dir).approve(bundle_hash, "test app")
-        settings[site] = load_site_settings(
-            s.site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
-        )
-    with rc.admin() as admin:
-        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/eve", "ml_engineer", org="acme")
-    eng = user_client(rc, keys, "eve", tmp / "eve")
-    fed = Federation(rc, settings, eng, bundle_hash, keys.public_key("model-signing"))
-    for site in sites:
-        fed.start_site(site)
-    with rc.admin() as admin:
-        wait_for(lambda: sum(x.connected for x in admin.list_sites()) == len(sites),
-                 what="sites")
-    return fed
+        settings[site] = _fast_settings(s.site_dir)
+    return _start(rc, keys, tmp, settings, bundle_hash)
