@@ -100,7 +100,6 @@ class SessionGrid(Grid):
         self._pending: dict[str, _Pending] = {}
         self._replies: dict[str, Message] = {}
         self._starved_since: float | None = None
-        self.latest_arrays: RecordDict | None = None
         # Sites whose current session has (re-)approved the job: a site that reconnects
         # mid-job is asked again and sits out rounds until it answers.
         self._ready: set[str] = set(sites.values())
@@ -163,8 +162,6 @@ class SessionGrid(Grid):
                 if key not in encoded:
                     encoded[key] = recorddict_to_proto(msg.content).SerializeToString()
                 content = encoded[key]
-                if msg.content.array_records:
-                    self.latest_arrays = msg.content
             meta = metadata_to_proto(msg.metadata).SerializeToString()
             rnd = round_of(msg)
             with self._cv:

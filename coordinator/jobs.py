@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.server.run_serverapp import run as run_serverapp
+from flwr.serverapp.strategy import Result
 from flwr.supercore.run import Run
 from opentelemetry import context as otel_context
 
@@ -35,6 +36,7 @@ from insitu._proto.v1 import jobs_pb2, session_pb2
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, load_component, unpack_app
 from insitu.flower.config import config_value
+from insitu.flower.observe import observe_strategies
 from insitu.flower.refusals import refusal_text
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
@@ -492,19 +494,20 @@ class JobManager:
         )
         _forget_modules(layout.directory)
         try:
-            run_serverapp(
-                grid=grid,
-                context=context,
-                server_app_dir=str(layout.directory),
-                server_app_attr=layout.serverapp,
-            )
+            with observe_strategies() as results:
+                run_serverapp(
+                    grid=grid,
+                    context=context,
+                    server_app_dir=str(layout.directory),
+                    server_app_attr=layout.serverapp,
+                )
         finally:
             self._grid = None
         if not tracker.any_train_success:
             raise InsituError(ErrorCode.FAILED_PRECONDITION, "no site completed a training round")
-        arrays = _final_arrays(grid.latest_arrays)
-        if arrays is None:
-            raise InsituError(ErrorCode.FAILED_PRECONDITION, "the ServerApp sent no model")
+        # The model is what the strategy returned, never the last arrays the grid sent
+        # (with fraction-evaluate = 0 that is the previous round's, or the initial model).
+        arrays = _final_arrays(results)
         onnx = b""
         if layout.onnx_export:
             export = load_component(layout.directory, layout.onnx_export)
@@ -535,10 +538,20 @@ class JobManager:
         self._finish(job, jobs_pb2.JOB_STATE_SUCCEEDED)
 
 
-def _final_arrays(content: RecordDict | None) -> ArrayRecord | None:
-    if content is None or not content.array_records:
-        return None
-    return next(iter(content.array_records.values()))
+def _final_arrays(results: list[Result]) -> ArrayRecord:
+    """The final arrays of the (last) strategy the ServerApp ran, checked finite."""
+    if not results or not len(results[-1].arrays):
+        raise InsituError(
+            ErrorCode.FAILED_PRECONDITION,
+            "the ServerApp's strategy returned no model (run a Flower strategy's start())",
+        )
+    arrays = results[-1].arrays
+    for name, array in arrays.items():
+        if not np.isfinite(array.numpy()).all():
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION, f"the final model's array {name!r} is not finite"
+            )
+    return arrays
 
 
 def _forget_modules(app_dir: Path) -> None:

@@ -17,7 +17,8 @@ def initial_arrays() -> ArrayRecord:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0,
+    strategy = FedAvg(fraction_train=1.0,
+                      fraction_evaluate=float(context.run_config["fraction-evaluate"]),
                       min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=2)
     strategy.start(grid=grid, initial_arrays=initial_arrays(),
                    num_rounds=int(context.run_config["num-server-rounds"]))
