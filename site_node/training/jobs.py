@@ -241,25 +241,25 @@ class SiteJobs:
             return False, f"dataset {p.dataset} is not registered here", ""
         ds = self.datasets.check_purpose(p.dataset, p.purpose)
         policy = site_dp_policy(ds, p.dp, p.job_id)
-        job_dir = self.site_dir / "jobs" / p.job_id
-        app_dir = job_dir / "app"
-        if app_dir.exists():  # a rejoin after a restart: extract the verified bundle anew
-            shutil.rmtree(app_dir)
-        layout = unpack_app(p.app_bundle, app_dir)
-        limits = self.sandboxing.limits.grant(layout.declaration.resources)
-        launcher = self._launcher(p, layout, ds, limits)
         accountant = DpAccountant(policy) if policy is not None else None
         reserved = False
         if accountant is not None:
             for _ in range(self._releases_so_far(ds.name, p.job_id)):
                 accountant.record_release()  # a rejoin keeps counting where it left off
             if not self._has_open_reservation(ds.name, p.job_id):
-                # Refuses over-budget work before any training.
+                # Refuses over-budget work before anything is unpacked or run.
                 planned = epsilon_for(accountant.policy, max(1, int(p.rounds)))
                 if planned > accountant.epsilon:
                     self.ledger.reserve(ds.name, p.job_id, planned - accountant.epsilon)
                     reserved = True
+        job_dir = self.site_dir / "jobs" / p.job_id
         try:
+            app_dir = job_dir / "app"
+            if app_dir.exists():  # a rejoin after a restart: extract the verified bundle anew
+                shutil.rmtree(app_dir)
+            layout = unpack_app(p.app_bundle, app_dir)
+            limits = self.sandboxing.limits.grant(layout.declaration.resources)
+            launcher = self._launcher(p, layout, ds, limits)
             run_config: dict[str, str | int | float | bool] = dict(layout.config)
             run_config.update({k: config_value(v) for k, v in p.run_config.items()})
             if p.dp.noise_multiplier > 0:  # the app may also run DP-SGD; its ε is a claim
@@ -299,6 +299,7 @@ class SiteJobs:
         except BaseException:
             if reserved:
                 self.ledger.release(ds.name, p.job_id)
+            shutil.rmtree(job_dir, ignore_errors=True)  # a refused job leaves no code behind
             raise
         self._audit_start(p, layout, launcher, policy)
         job = _Job(p.job_id, p.code_sha256, ds, runner, accountant)
