@@ -121,10 +121,6 @@ class EgressGuard:
         self._on_refused(route, rule)
         return EgressRefused(f"egress refused ({route}): {rule}", refusal)
 
-    def owes(self, job_id: str, message_id: str) -> bool:
-        with self._lock:
-            return (job_id, message_id) in self._owed
-
     def check_reply(self, job_id: str, message_id: str, reply: ParsedReply) -> None:
         """Check a whole reply against the contract, or raise :class:`EgressRefused` naming
         the rule. The owed slot stays open: :meth:`release` lets the checked reply out, or
