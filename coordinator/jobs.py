@@ -282,57 +282,61 @@ class JobManager:
 
     # -- session traffic ---------------------------------------------------------------
 
-    def on_site_message(self, session: Session, msg: session_pb2.SiteMessage) -> None:
-        kind = msg.WhichOneof("body")
-        if kind == "job_decision":
-            d = msg.job_decision
-            grid = self._grid
-            if grid is not None and grid.job_id == d.job_id and grid.has_site(session.site_id):
-                # A rejoining site re-approved (or now refuses) the running job.
-                grid.set_ready(session.site_id, d.approved)
-                self.audit(
-                    "job.site_rejoin",
-                    {"job_id": d.job_id, "site": session.site_id, "approved": str(d.approved)},
-                )
-                return
-            with self._lock:
-                job = self._jobs.get(d.job_id)
-                if (
-                    job is None
-                    or session.site_id not in dict(job.targets)
-                    or session.site_id in job.approvals
-                ):
-                    return
-                job.approvals[session.site_id] = (
-                    d.approved,
-                    d.reason[:512],
-                    d.dataset_fingerprint[:128],
-                )
-                self._lock.notify_all()
+    @property
+    def routes(self) -> dict[str, Callable[[Session, session_pb2.SiteMessage], None]]:
+        """Site message kind -> handler, for the coordinator's routing table."""
+        return {"job_decision": self._on_decision, "task_reply": self._on_task_reply}
+
+    def _on_decision(self, session: Session, msg: session_pb2.SiteMessage) -> None:
+        d = msg.job_decision
+        grid = self._grid
+        if grid is not None and grid.job_id == d.job_id and grid.has_site(session.site_id):
+            # A rejoining site re-approved (or now refuses) the running job.
+            grid.set_ready(session.site_id, d.approved)
             self.audit(
-                "job.site_decision",
-                {
-                    "job_id": d.job_id,
-                    "site": session.site_id,
-                    "approved": str(d.approved),
-                    "code_sha256": job.code_sha256,
-                },
+                "job.site_rejoin",
+                {"job_id": d.job_id, "site": session.site_id, "approved": str(d.approved)},
             )
-        elif kind == "task_reply":
-            grid = self._grid
-            if grid is None or msg.task_reply.job_id != grid.job_id:
+            return
+        with self._lock:
+            job = self._jobs.get(d.job_id)
+            if (
+                job is None
+                or session.site_id not in dict(job.targets)
+                or session.site_id in job.approvals
+            ):
                 return
-            ra = self._reassemblers.setdefault(
-                session.session_id, Reassembler(self.settings.max_update_bytes)
+            job.approvals[session.site_id] = (
+                d.approved,
+                d.reason[:512],
+                d.dataset_fingerprint[:128],
             )
-            try:
-                done = ra.add(msg.task_reply)
-            except InsituError as e:
-                # Answer the instruction at once: the strategy counts a failure, no waiting.
-                grid.reject(session.site_id, msg.task_reply.message_id, e.detail)
-                return
-            if done is not None:
-                grid.on_reply(session.site_id, done)
+            self._lock.notify_all()
+        self.audit(
+            "job.site_decision",
+            {
+                "job_id": d.job_id,
+                "site": session.site_id,
+                "approved": str(d.approved),
+                "code_sha256": job.code_sha256,
+            },
+        )
+
+    def _on_task_reply(self, session: Session, msg: session_pb2.SiteMessage) -> None:
+        grid = self._grid
+        if grid is None or msg.task_reply.job_id != grid.job_id:
+            return
+        ra = self._reassemblers.setdefault(
+            session.session_id, Reassembler(self.settings.max_update_bytes)
+        )
+        try:
+            done = ra.add(msg.task_reply)
+        except InsituError as e:
+            # Answer the instruction at once: the strategy counts a failure, no waiting.
+            grid.reject(session.site_id, msg.task_reply.message_id, e.detail)
+            return
+        if done is not None:
+            grid.on_reply(session.site_id, done)
 
     def _on_session_change(self, event: str, session: Session) -> None:
         if event == "close":

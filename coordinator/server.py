@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -182,6 +183,13 @@ class Coordinator:
             interval_s=settings.witness_interval_s,
         )
         install_resolvers(self.authorizer, self.jobs, self.registry, self.features)
+        # Everything a site sends besides Hello and heartbeats, routed by kind.
+        self._routes: dict[str, Callable[[Session, session_pb2.SiteMessage], None]] = {
+            "deploy_result": lambda s, m: self.deployments.on_result(s, m.deploy_result),
+            "feature_batch": lambda s, m: self.features.on_chunk(s, m.feature_batch),
+            "witness": lambda s, m: self.witness.on_note(s, m.witness),
+            **self.jobs.routes,
+        }
         self.server: grpc.Server | None = None
         self.enrol_server: grpc.Server | None = None
         self.port = 0
@@ -310,15 +318,13 @@ class Coordinator:
 
     def on_site_message(self, session: Session, msg: session_pb2.SiteMessage) -> None:
         """Everything a site sends besides Hello and heartbeats lands here."""
-        kind = msg.WhichOneof("body")
-        if kind == "deploy_result":
-            self.deployments.on_result(session, msg.deploy_result)
-        elif kind == "feature_batch":
-            self.features.on_chunk(session, msg.feature_batch)
-        elif kind == "witness":
-            self.witness.on_note(session, msg.witness)
-        else:
-            self.jobs.on_site_message(session, msg)
+        kind = msg.WhichOneof("body") or ""
+        route = self._routes.get(kind)
+        if route is None:
+            log.warning("site %s sent a %r message, which has no route: ignored",
+                        session.site_id, kind)
+            return
+        route(session, msg)
 
     def reload_policy(self) -> tuple[str, str]:
         """Atomic: a refused set raises, is audited, and the old set stays in force."""
