@@ -320,6 +320,48 @@ def job_submit(
             console.print(lines[0])
 
 
+@job_app.command("list")
+@cli_errors
+def job_list(
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """The jobs you may see, with their state by name and how far they got."""
+    from insitu.cli.progress import state_name
+
+    with connect(coordinator, identity, trust_domain, config) as c:
+        jobs = c.list_jobs()
+    table = Table("job", "state", "round", "model", "owner", "reason")
+    for j in jobs:
+        model = f"{j.model_name} {j.model_version}".strip()
+        table.add_row(j.job_id, state_name(j.state), f"{j.current_round}/{j.rounds}", model,
+                      j.owner, j.error[:80])
+    console.print(table)
+
+
+@job_app.command("show")
+@cli_errors
+def job_show(
+    job_id: Annotated[str, typer.Argument()],
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """One job: its rounds (with each failed site and the rule it broke) and its outcome."""
+    from insitu.cli.progress import job_outcome
+
+    with connect(coordinator, identity, trust_domain, config) as c:
+        job = c.get_job(job_id)
+    for r in job.history:
+        why = f"  failed: {'; '.join(r.site_errors or r.sites_failed)}" if r.sites_failed else ""
+        console.print(f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}{why}")
+    for line in job_outcome(job):
+        console.print(line)
+
+
 def _kv(text: str, flag: str) -> tuple[str, str]:
     k, sep, v = text.partition("=")
     if not sep or not k or not v:

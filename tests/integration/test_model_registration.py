@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from coordinator.settings import CoordinatorSettings
+from insitu.cli.main import app
 from insitu.keys import KeyService
 from tests.integration.conftest import RunningCoordinator
 from tests.integration.federation import HOSTILE, start_app_federation
@@ -44,5 +46,15 @@ def test_with_fraction_evaluate_zero_the_registered_model_is_the_final_aggregate
         rows = np.array([[float(v) for v in line.split(",")[:4]]
                          for line in ROWS.splitlines()[1:]], np.float32)
         np.testing.assert_allclose(w, rows.T, rtol=1e-6)
+        # The engineer's CLI names the state and what was produced.
+        flags = ["--coordinator", rc.target, "--identity", str(tmp_path / "eve"),
+                 "--trust-domain", rc.settings.trust_domain]
+        listed = CliRunner().invoke(app, ["job", "list", *flags])
+        assert listed.exit_code == 0, listed.output
+        assert job.job_id in listed.output and "succeeded" in listed.output
+        shown = CliRunner().invoke(app, ["job", "show", job.job_id, *flags])
+        assert shown.exit_code == 0, shown.output
+        assert f"job {job.job_id} succeeded: model final {final.model_version}, signed" in (
+            shown.output)
     finally:
         fed.close()
