@@ -290,6 +290,10 @@ class SessionGrid(Grid):
             GridEvent("reply", site_id, metadata.message_type, pending.round, reply=reply)
         )
 
+    def has_node(self, node_id: int) -> bool:
+        """Whether ``node_id`` is one of this job's sites."""
+        return node_id in self._sites
+
     def has_site(self, site_id: str) -> bool:
         return site_id in self._node_of
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
-import sys
 import threading
 import time
 import uuid
@@ -21,25 +21,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.server.run_serverapp import run as run_serverapp
-from flwr.serverapp.strategy import Result
+from flwr.app import ArrayRecord, Message
 from flwr.supercore.run import Run
 from opentelemetry import context as otel_context
 
 from coordinator.aggregation import install as install_aggregator
-from coordinator.flower_compat import SUPERLINK_NODE_ID, node_id_for, set_task_identity
+from coordinator.flower_compat import node_id_for, set_task_identity
 from coordinator.flower_grid import GridEvent, SessionGrid
 from coordinator.registry import ModelRegistry, arrays_to_npz
+from coordinator.serverapp import run_serverapp_sandboxed
 from coordinator.sessions import Session, SessionRegistry
 from insitu._proto.v1 import jobs_pb2, session_pb2
 from insitu.errors import ErrorCode, InsituError
-from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, load_component, unpack_app
+from insitu.flower.bundle import MAX_BUNDLE_BYTES, code_hash, unpack_app
 from insitu.flower.config import config_value
-from insitu.flower.observe import observe_strategies
 from insitu.flower.refusals import refusal_text
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
+from insitu.sandbox import (
+    BwrapLauncher,
+    HostLauncher,
+    Launcher,
+    Limits,
+    SandboxSpec,
+    require_bwrap,
+    sandbox_env,
+)
 from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
 
 __all__ = ["JobManager", "JobRecord", "JobSettings", "validate_submit"]
@@ -56,6 +63,10 @@ class JobSettings:
     node_wait_s: float = 60.0
     max_update_bytes: int = 512 * 1024 * 1024
     max_rounds: int = 1000
+    unsafe_unsandboxed_serverapps: bool = False
+    serverapp_limits: Limits = field(default_factory=lambda: Limits(
+        memory_mb=16_384, cpu_seconds=86_400, processes=256, open_files=1024, scratch_mb=1024,
+        message_timeout_s=86_400.0))
 
 
 @dataclass
@@ -441,6 +452,14 @@ class JobManager:
                 self._lock.wait(0.5)
         return [s for s, _ in job.targets if job.approvals.get(s, (False, "", ""))[0]]
 
+    def _serverapp_launcher(self, app_dir: Path) -> Launcher:
+        """The sandbox a job's ServerApp runs in: only its app, read-only; no network."""
+        limits = self.settings.serverapp_limits
+        if self.settings.unsafe_unsandboxed_serverapps:
+            return HostLauncher(limits, sandbox_env(os.environ), app_dir)
+        spec = SandboxSpec(limits=limits, ro={app_dir: "/app"}, env=sandbox_env(os.environ))
+        return BwrapLauncher(spec, bwrap=require_bwrap())
+
     def _run(self, job: JobRecord) -> None:
         approved = self._collect_approvals(job)
         if len(approved) < job.min_sites:
@@ -484,38 +503,30 @@ class JobManager:
         run_config["min-nodes"] = max(int(run_config["min-nodes"]), job.min_sites)
         if run_config["strategy"] not in STRATEGIES:
             run_config["strategy"] = job.strategy
-        context = Context(
-            run_id=job.run_id,
-            node_id=SUPERLINK_NODE_ID,
-            node_config={},
-            state=RecordDict(),
-            run_config=run_config,
-        )
+        launcher = self._serverapp_launcher(layout.directory)
         self._grid = grid
         self.audit(
-            "job.start",
-            {"job_id": job.job_id, "code_sha256": job.code_sha256, "sites": ",".join(approved)},
+            "job.start" if launcher.sandboxed else "job.start_unsandboxed",
+            {"job_id": job.job_id, "code_sha256": job.code_sha256, "sites": ",".join(approved),
+             "serverapp": "bubblewrap" if launcher.sandboxed
+             else "in a plain process (unsafe_unsandboxed_serverapps)"},
         )
-        _forget_modules(layout.directory)
         try:
-            with observe_strategies() as results:
-                run_serverapp(
-                    grid=grid,
-                    context=context,
-                    server_app_dir=str(layout.directory),
-                    server_app_attr=layout.serverapp,
-                )
+            outcome = run_serverapp_sandboxed(
+                app_dir=layout.directory, serverapp=layout.serverapp,
+                onnx_export=layout.onnx_export, run_id=job.run_id, job_id=job.job_id,
+                run_config=run_config, grid=grid, launcher=launcher, audit=self.audit,
+                log_path=app_root / "serverapp.log",
+                max_update_bytes=self.settings.max_update_bytes,
+            )
         finally:
             self._grid = None
         if not tracker.any_train_success:
             raise InsituError(ErrorCode.FAILED_PRECONDITION, "no site completed a training round")
         # The model is what the strategy returned, never the last arrays the grid sent
         # (with fraction-evaluate = 0 that is the previous round's, or the initial model).
-        arrays = _final_arrays(results)
-        onnx = b""
-        if layout.onnx_export:
-            export = load_component(layout.directory, layout.onnx_export)
-            onnx = export(arrays)
+        arrays = _final_arrays(outcome.arrays)
+        onnx = outcome.onnx
         state = arrays_to_npz({k: v.numpy() for k, v in arrays.items()})
         lineage = {
             "job_id": job.job_id,
@@ -542,29 +553,19 @@ class JobManager:
         self._finish(job, jobs_pb2.JOB_STATE_SUCCEEDED)
 
 
-def _final_arrays(results: list[Result]) -> ArrayRecord:
+def _final_arrays(arrays: ArrayRecord | None) -> ArrayRecord:
     """The final arrays of the (last) strategy the ServerApp ran, checked finite."""
-    if not results or not len(results[-1].arrays):
+    if arrays is None or not len(arrays):
         raise InsituError(
             ErrorCode.FAILED_PRECONDITION,
             "the ServerApp's strategy returned no model (run a Flower strategy's start())",
         )
-    arrays = results[-1].arrays
     for name, array in arrays.items():
         if not np.isfinite(array.numpy()).all():
             raise InsituError(
                 ErrorCode.FAILED_PRECONDITION, f"the final model's array {name!r} is not finite"
             )
     return arrays
-
-
-def _forget_modules(app_dir: Path) -> None:
-    """Apps of different jobs may share a package name; never reuse another job's code."""
-    jobs_root = str(app_dir.parent.parent)
-    for name, mod in list(sys.modules.items()):
-        f = getattr(mod, "__file__", None) or ""
-        if f.startswith(jobs_root):
-            del sys.modules[name]
 
 
 class _RoundTracker:

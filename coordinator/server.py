@@ -49,6 +49,7 @@ from insitu.rpc.audit import RpcAuditor
 from insitu.rpc.authn import Authenticator
 from insitu.rpc.revocation import RevocationList
 from insitu.rpc.server import build_server, server_credentials
+from insitu.sandbox import Limits
 from insitu.telemetry.setup import start_observability
 
 __all__ = ["Coordinator", "connect_vault"]
@@ -150,6 +151,13 @@ class Coordinator:
             settings=JobSettings(
                 approval_timeout_s=settings.job_approval_timeout_s,
                 max_update_bytes=settings.max_update_bytes,
+                unsafe_unsandboxed_serverapps=settings.unsafe_unsandboxed_serverapps,
+                serverapp_limits=Limits(
+                    memory_mb=settings.serverapp_memory_mb,
+                    cpu_seconds=settings.serverapp_cpu_seconds,
+                    processes=256, open_files=1024, scratch_mb=1024,
+                    message_timeout_s=86_400.0,
+                ),
             ),
         )
         self.deployments = DeploymentManager(

@@ -38,6 +38,11 @@ class CoordinatorSettings:
     # Prometheus /metrics (loopback unless a non-loopback host is named on purpose).
     metrics_listen: str = "127.0.0.1:0"
     trace_exporter: str = "none"  # none | console | file:<path> | otlp:<endpoint>
+    # Each job's ServerApp runs in a bubblewrap sandbox (no token, keys, data or network).
+    # Only this flag runs it in the coordinator's own process; every such job is audited.
+    unsafe_unsandboxed_serverapps: bool = False
+    serverapp_memory_mb: int = 16_384
+    serverapp_cpu_seconds: int = 86_400
 
     @property
     def server_name(self) -> str:

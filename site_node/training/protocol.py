@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import enum
 import json
-import struct
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from insitu.errors import ErrorCode, InsituError
+from insitu.sandbox.frames import HEADER, MAX_FRAME_BYTES, encode_frame, write_frame
+from insitu.sandbox.frames import read_frame as _read_frame
 
 __all__ = [
     "HEADER",
@@ -30,9 +30,6 @@ __all__ = [
     "write_frame",
 ]
 
-HEADER = struct.Struct(">IB")
-MAX_FRAME_BYTES = 2**32 - 1  # the header's limit; the runner enforces a tighter cap
-
 
 class FrameKind(enum.IntEnum):
     INIT = 1
@@ -43,41 +40,12 @@ class FrameKind(enum.IntEnum):
     ERROR = 6
 
 
-def encode_frame(kind: FrameKind, payload: bytes) -> bytes:
-    """Header plus payload, ready to write."""
-    if len(payload) > MAX_FRAME_BYTES:
-        raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"frame of {len(payload)} bytes")
-    return HEADER.pack(len(payload), kind) + payload
-
-
-def write_frame(stream: BinaryIO, kind: FrameKind, payload: bytes) -> None:
-    """Write one frame and flush; the payload is written as is, never copied (updates can
-    be hundreds of MB)."""
-    if len(payload) > MAX_FRAME_BYTES:
-        raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"frame of {len(payload)} bytes")
-    stream.write(HEADER.pack(len(payload), kind))
-    stream.write(payload)
-    stream.flush()
-
-
 def encode_json(kind: FrameKind, obj: Any) -> bytes:
     return encode_frame(kind, json.dumps(obj, sort_keys=True).encode("utf-8"))
 
 
 def decode_json(payload: bytes) -> Any:
     return json.loads(payload.decode("utf-8"))
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def read_frame(
@@ -88,20 +56,4 @@ def read_frame(
     ``max_payload(kind)`` bounds each kind's payload; a larger frame is refused from its
     header, before a byte of it is read (the sender may be hostile).
     """
-    header = _read_exact(stream, HEADER.size)
-    if header is None:
-        return None
-    size, raw_kind = HEADER.unpack(header)
-    try:
-        kind = FrameKind(raw_kind)
-    except ValueError:
-        raise InsituError(ErrorCode.INTERNAL, f"unknown frame kind {raw_kind}") from None
-    if max_payload is not None and size > max_payload(kind):
-        raise InsituError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"{kind.name} frame of {size} bytes exceeds its limit of {max_payload(kind)}",
-        )
-    payload = _read_exact(stream, size)
-    if payload is None:
-        raise InsituError(ErrorCode.INTERNAL, "stream ended inside a frame")
-    return kind, payload
+    return _read_frame(stream, FrameKind, max_payload)

@@ -218,7 +218,7 @@ class _Worker:
         self.stdin.flush()
 
     def send_frame(self, kind: FrameKind, payload: bytes) -> None:
-        write_frame(self.stdin, kind, payload)  # type: ignore[arg-type]
+        write_frame(self.stdin, kind, payload)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

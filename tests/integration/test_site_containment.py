@@ -229,3 +229,38 @@ def test_unsafe_unsandboxed_jobs_run_and_every_start_is_audited(
         status = json.loads((fed.settings[site].site_dir / "status.json").read_text())
         assert status["sandbox"] == "off (unsafe_unsandboxed_jobs)"
         assert status["unsandboxed_job_starts"] == 1
+
+
+HOSTILE_SERVER = Path(__file__).resolve().parents[1] / "apps" / "hostile_server"
+
+
+@pytest.mark.slow
+def test_hostile_serverapp_gets_nothing_out_of_the_coordinator(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    dev_vault: object,
+    tmp_path: Path,
+) -> None:
+    rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
+    fed = start_app_federation(rc, key_service, tmp_path, HOSTILE_SERVER, rows="x1,x2\n1,2\n")
+    vault = dev_vault.address.removeprefix("http://")  # type: ignore[attr-defined]
+    try:
+        job = fed.engineer.submit_job(
+            HOSTILE_SERVER, {"hospital-a": "records-a", "hospital-b": "records-b"}, rounds=1,
+            model_name="stolen",
+            run_config={"coordinator-dir": str(rc.settings.data_dir), "vault-addr": vault},
+        )
+        final = list(fed.engineer.watch_job(job.job_id, timeout=120))[-1].snapshot
+    finally:
+        fed.close()
+    assert final.state == 4, final  # FAILED: no model
+    log = (rc.settings.data_dir / "jobs" / job.job_id / "serverapp.log").read_text()
+    attempts = [line for line in log.splitlines() if "ATTEMPT" in line]
+    assert len(attempts) >= 10, log[-3000:]
+    assert not [a for a in attempts if "LEAKED" in a], attempts
+    refused = [json.loads(e) for e in fed.audit_events("job.serverapp_refused")]
+    rules = json.dumps(refused)
+    assert "node outside the job" in rules and "another run" in rules
+    assert not (rc.coordinator.registry.root / "stolen").exists()  # nothing signed
+    assert dev_vault.root_token not in log  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""A hostile ServerApp: tries the coordinator's keys, token, data, Vault and other jobs."""

@@ -1,0 +1,5 @@
+"""Never reached: the ServerApp below sends nothing a site accepts."""
+
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
