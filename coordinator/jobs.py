@@ -458,7 +458,10 @@ class JobManager:
         if self.settings.unsafe_unsandboxed_serverapps:
             return HostLauncher(limits, sandbox_env(os.environ), app_dir)
         spec = SandboxSpec(limits=limits, ro={app_dir: "/app"}, env=sandbox_env(os.environ))
-        return BwrapLauncher(spec, bwrap=require_bwrap())
+        bwrap = require_bwrap(
+            escape_hatch="unsafe_unsandboxed_serverapps to true in the coordinator's [coordinator]"
+        )
+        return BwrapLauncher(spec, bwrap=bwrap)
 
     def _run(self, job: JobRecord) -> None:
         approved = self._collect_approvals(job)

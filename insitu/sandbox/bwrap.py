@@ -68,11 +68,12 @@ SCRATCH: Final = "/scratch"
 _SYSTEM_RO: Final = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 _ETC_RO: Final = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
 _GPU_CONTROL_NODES: Final = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
-_FIX = (
-    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; `make venv` does it), "
-    "or, to run job code unsandboxed, set unsafe_unsandboxed_jobs to true in site.toml "
-    "(audited)"
-)
+SITE_ESCAPE_HATCH: Final = "unsafe_unsandboxed_jobs to true in site.toml"
+
+
+def _fix(escape_hatch: str) -> str:
+    return ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; `make venv` does "
+            f"it), or, to run job code unsandboxed, set {escape_hatch} (audited)")
 
 
 # The whole environment of a sandboxed process; nothing of the caller's is inherited but
@@ -147,7 +148,8 @@ def _probe(bwrap: str) -> str | None:
     """None when ``bwrap`` can build the sandbox this module uses, else why not."""
     if bwrap in _WORKING:
         return None
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--cap-drop", "ALL",
             "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--proc", "/proc",
             "--dev", "/dev", *_system_args(), "--", "/bin/true"]
     try:
@@ -160,15 +162,19 @@ def _probe(bwrap: str) -> str | None:
     return None
 
 
-def require_bwrap(bwrap: str | None = None) -> str:
-    """The path of a working ``bwrap``, or :class:`SandboxUnavailable` naming the fix."""
+def require_bwrap(bwrap: str | None = None, *, escape_hatch: str = SITE_ESCAPE_HATCH) -> str:
+    """The path of a working ``bwrap``, or :class:`SandboxUnavailable` naming the fix
+    (installing bubblewrap, or the caller's ``escape_hatch`` setting)."""
     path = bwrap or find_bwrap()
     if path is None:
-        raise SandboxUnavailable(detail=f"job sandbox unavailable: bwrap is not on PATH; {_FIX}")
+        raise SandboxUnavailable(
+            detail=f"job sandbox unavailable: bwrap is not on PATH; {_fix(escape_hatch)}"
+        )
     why = _probe(path)
     if why is not None:
         raise SandboxUnavailable(
-            detail=f"job sandbox unavailable: {path} cannot create a sandbox ({why}); {_FIX}"
+            detail=f"job sandbox unavailable: {path} cannot create a sandbox ({why}); "
+            f"{_fix(escape_hatch)}"
         )
     return path
 

@@ -190,6 +190,8 @@ def test_missing_bwrap_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert err.value.code is ErrorCode.FAILED_PRECONDITION
     assert "apt-get install bubblewrap" in err.value.detail
     assert "unsafe_unsandboxed_jobs" in err.value.detail
+    with pytest.raises(SandboxUnavailable, match="unsafe_unsandboxed_serverapps"):
+        require_bwrap(escape_hatch="unsafe_unsandboxed_serverapps to true in [coordinator]")
     broken = tmp_path / "bwrap"
     broken.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\n"
                       "exit 1\n")
