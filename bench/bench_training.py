@@ -16,7 +16,7 @@ Parts (``--only`` picks some; all run by default, each bounded by ``--part-timeo
   round        A real 3-site federation in-process (coordinator + 3 SiteDaemons, the
                breast-cancer app, its small MLP, local-epochs 1): per round, wall time
                (SessionGrid.send_and_receive of train through evaluate) minus the slowest
-               site's compute (time in ClientAppRunner.handle, which includes the worker
+               site's compute (time in ClientAppRunner.run, which includes the worker
                IPC). Target <= 30 ms.
   flower       The same app on Flower's own deployment engine (flower-superlink,
                3 flower-supernode, ``flwr run``, --insecure on loopback); ratio of its
@@ -493,9 +493,9 @@ def part_round(args: argparse.Namespace, env: Env, out: Summary) -> None:
     header(f"round overhead: 3 sites, breast-cancer MLP, {args.rounds} rounds, local-epochs 1")
     env.start()
     exchanges: list[tuple[str, str, float, float]] = []  # round, phase, start, end
-    computes: list[tuple[float, float]] = []  # start, end of one site's handle()
+    computes: list[tuple[float, float]] = []  # start, end of one site's run()
     lock = threading.Lock()
-    orig_sr, orig_handle = SessionGrid.send_and_receive, ClientAppRunner.handle
+    orig_sr, orig_run = SessionGrid.send_and_receive, ClientAppRunner.run
 
     def send_and_receive(self: SessionGrid, messages: Iterable[Any], *,
                          timeout: float | None = None) -> Iterable[Any]:
@@ -508,16 +508,16 @@ def part_round(args: argparse.Namespace, env: Env, out: Summary) -> None:
                 exchanges.append((round_of(msgs[0]), msgs[0].metadata.message_type, t0, t1))
         return replies
 
-    def handle(self: ClientAppRunner, message: bytes) -> bytes:
+    def run(self: ClientAppRunner, request: Any, data: bytes | None = None) -> Any:
         t0 = time.perf_counter()
         try:
-            return orig_handle(self, message)
+            return orig_run(self, request, data)
         finally:
             with lock:
                 computes.append((t0, time.perf_counter()))
 
     SessionGrid.send_and_receive = send_and_receive  # type: ignore[method-assign]
-    ClientAppRunner.handle = handle  # type: ignore[method-assign]
+    ClientAppRunner.run = run  # type: ignore[method-assign]
     daemons: list[tuple[SiteDaemon, threading.Thread]] = []
     try:
         for site in SITES:
@@ -537,7 +537,7 @@ def part_round(args: argparse.Namespace, env: Env, out: Summary) -> None:
             raise RuntimeError(f"job did not succeed: {final.error if final else 'no snapshot'}")
     finally:
         SessionGrid.send_and_receive = orig_sr  # type: ignore[method-assign]
-        ClientAppRunner.handle = orig_handle  # type: ignore[method-assign]
+        ClientAppRunner.run = orig_run  # type: ignore[method-assign]
         for d, _t in daemons:
             d.stop()
         for _d, t in daemons:
@@ -562,7 +562,7 @@ def part_round(args: argparse.Namespace, env: Env, out: Summary) -> None:
     steady = overheads[1:] or overheads  # round 1 also starts the ClientApp workers
     ov = statistics.median(steady) * 1e3
     print(f"median overhead per round (rounds 2..{len(overheads)}): {ov:.1f} ms   target <= 30 ms")
-    print("compute = time each site spent in ClientAppRunner.handle (worker IPC included); "
+    print("compute = time each site spent in ClientAppRunner.run (worker IPC included); "
           "overhead = session stream, chunking, serde, validation, audit, aggregation, "
           "scheduling")
     out.add("round overhead, 3 sites (ms per round)", f"{ov:.1f} ms", "<= 30 ms",
