@@ -19,12 +19,14 @@
 #                         root) there: what `insitu-coordinator serve` needs
 #   --approle-to-kv       also store that role id / secret id at kv/insitu/coordinator/approle,
 #                         where the Kubernetes Vault Agent template reads them
-#   --k8s-namespace NS    when auth/kubernetes is enabled, bind the Kubernetes role
-#                         insitu-coordinator to service accounts in NS (default: insitu)
+#   --k8s-coordinator-namespace NS
+#                         when auth/kubernetes is enabled, bind the Kubernetes role
+#                         insitu-coordinator to service accounts in NS (default:
+#                         insitu-coordinator, see deploy/k8s/coordinator.yaml); the older
+#                         spelling --k8s-namespace NS still works
 #   --k8s-site-namespace NS
 #                         ... and insitu-site to service accounts in NS (default:
-#                         insitu-site, whose Pod Security level admits the site's job
-#                         sandbox; see deploy/k8s/site.yaml)
+#                         insitu-site, see deploy/k8s/site.yaml)
 #
 # The token must be allowed to mount engines and write policies. Nothing secret is taken
 # on the command line (it would show in `ps`): tokens come from the environment or a file.
@@ -46,7 +48,7 @@ die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 trust_domain="" max_ttl=8760h secret_id_ttl=720h url_base="" out="" approle_to_kv=0
-k8s_namespace=insitu
+k8s_coordinator_namespace=insitu-coordinator
 k8s_site_namespace=insitu-site
 while (($#)); do
   case "$1" in
@@ -56,9 +58,9 @@ while (($#)); do
     --url-base) url_base="${2:?}"; shift 2 ;;
     --out) out="${2:?}"; shift 2 ;;
     --approle-to-kv) approle_to_kv=1; shift ;;
-    --k8s-namespace) k8s_namespace="${2:?}"; shift 2 ;;
+    --k8s-coordinator-namespace | --k8s-namespace) k8s_coordinator_namespace="${2:?}"; shift 2 ;;
     --k8s-site-namespace) k8s_site_namespace="${2:?}"; shift 2 ;;
-    -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -189,13 +191,13 @@ v write "auth/$APPROLE/role/coordinator" token_policies=insitu-coordinator \
 
 # --- 6. Kubernetes auth roles (only where the operator enabled and configured it) --------------
 if [[ -n "$(field type sys/auth/kubernetes)" ]]; then
-  for who in coordinator:"$k8s_namespace" site:"$k8s_site_namespace"; do
+  for who in coordinator:"$k8s_coordinator_namespace" site:"$k8s_site_namespace"; do
     v write "auth/kubernetes/role/insitu-${who%%:*}" \
       bound_service_account_names="insitu-${who%%:*}" \
       bound_service_account_namespaces="${who#*:}" \
       token_policies="insitu-${who%%:*}" token_ttl=1h token_max_ttl=4h > /dev/null
   done
-  say "Kubernetes auth roles: insitu-coordinator in namespace $k8s_namespace," \
+  say "Kubernetes auth roles: insitu-coordinator in namespace $k8s_coordinator_namespace," \
     "insitu-site in namespace $k8s_site_namespace"
 fi
 

@@ -214,15 +214,28 @@ def test_promtool_accepts_the_prometheus_config() -> None:
 
 # The job sandbox: bwrap, unprivileged, creates a user namespace and in it mount/pid/net/
 # ipc/uts/cgroup namespaces with a fresh /proc. Docker's default seccomp profile, its
-# AppArmor profile and its /proc masks each forbid a step; the sites (only they) lift them.
+# AppArmor profile and its /proc masks each forbid a step; the services that run job code
+# in it (the coordinator its ServerApps, the sites their ClientApps), and only they, lift
+# them.
 _SANDBOX_OPTS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
 
 
-def test_sites_may_build_the_job_sandbox_and_nothing_else_may(compose: dict[str, Any]) -> None:
+def _runs_job_code(name: str, svc: dict[str, Any]) -> bool:
+    return name == "coordinator" or bool(svc.get("environment", {}).get("SITE_ID"))
+
+
+def test_the_sandboxing_services_may_build_it_and_nothing_else_may(
+    compose: dict[str, Any],
+) -> None:
+    sandboxed = []
     for name, svc in compose["services"].items():
         opts = set(svc.get("security_opt", []))
-        if svc.get("environment", {}).get("SITE_ID"):
+        if _runs_job_code(name, svc):
             assert opts >= _SANDBOX_OPTS, name
+            # The sandbox costs no privilege: no capability, no escalation, not privileged.
             assert not svc.get("cap_add") and svc["cap_drop"] == ["ALL"], name
+            assert "no-new-privileges:true" in opts and not svc.get("privileged"), name
+            sandboxed.append(name)
         else:
             assert not opts & _SANDBOX_OPTS, name
+    assert sorted(sandboxed) == ["coordinator", "site-a", "site-b"]

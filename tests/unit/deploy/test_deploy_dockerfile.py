@@ -76,7 +76,8 @@ def test_copy_sources_exist_and_reach_the_build() -> None:
 
 
 def test_the_runtime_image_installs_bubblewrap() -> None:
-    """The site runs job code under bwrap and refuses jobs without it."""
+    """The site (ClientApps) and the coordinator (ServerApps) run job code under bwrap,
+    and run no job without it."""
     ops = _instructions()
     final = max(i for i, (op, _) in enumerate(ops) if op == "FROM")
     installs = [rest for op, rest in ops[final:] if op == "RUN" and "apt-get install" in rest]

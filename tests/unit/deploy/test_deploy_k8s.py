@@ -233,45 +233,54 @@ def test_commands_are_ones_the_clis_accept(
     assert checked >= 3
 
 
-# ---- the site's job sandbox (bubblewrap) ----------------------------------------------
+# ---- the job sandbox (bubblewrap) -----------------------------------------------------
 # bwrap, unprivileged, creates a user namespace and in it mount/pid/net/ipc/uts/cgroup
 # namespaces with a fresh /proc. In a pod that needs an unmasked /proc (which Kubernetes
-# allows only in a pod user namespace) and no runtime seccomp or AppArmor profile.
+# allows only in a pod user namespace) and no runtime seccomp or AppArmor profile. The
+# site runs its jobs' ClientApps there, the coordinator its jobs' ServerApps.
 
-SITE = ("insitu-site-a", "site")
+# workload -> (the container that runs bwrap, its namespace)
+SANDBOXED = {
+    "insitu-site-a": ("site", "insitu-site"),
+    "insitu-coordinator": ("coordinator", "insitu-coordinator"),
+}
 
 
-def _site_container() -> dict[str, Any]:
-    pod = dict(_pod_templates())[SITE[0]]
-    return next(c for c in pod["spec"]["containers"] if c["name"] == SITE[1])
+def _container(workload: str, name: str) -> dict[str, Any]:
+    pod = dict(_pod_templates())[workload]
+    return next(c for c in pod["spec"]["containers"] if c["name"] == name)
 
 
-def test_site_pod_can_build_the_job_sandbox() -> None:
-    pod = dict(_pod_templates())[SITE[0]]["spec"]
+@pytest.mark.parametrize("workload", sorted(SANDBOXED))
+def test_pod_can_build_the_job_sandbox(workload: str) -> None:
+    pod = dict(_pod_templates())[workload]["spec"]
     assert pod["hostUsers"] is False  # required for procMount Unmasked
-    sc = _site_container()["securityContext"]
+    sc = _container(workload, SANDBOXED[workload][0])["securityContext"]
     assert sc["procMount"] == "Unmasked"
     assert sc["seccompProfile"] == {"type": "Unconfined"}
     assert sc["appArmorProfile"] == {"type": "Unconfined"}
     # The sandbox costs no privilege: still no escalation, no capability, not privileged.
     assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
+    # The pod default (and so the Vault Agent's injected containers) stays RuntimeDefault.
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-def test_only_the_site_container_relaxes_the_runtime_defaults() -> None:
+def test_only_the_sandboxing_containers_relax_the_runtime_defaults() -> None:
     checked = 0
     for name, pod in _pod_templates():
         for c in _containers(pod):
-            if (name, c["name"]) == SITE:
+            if SANDBOXED.get(name, ("",))[0] == c["name"]:
                 continue
             sc = c["securityContext"]
             assert sc.get("procMount", "Default") == "Default", (name, c["name"])
             assert sc["seccompProfile"]["type"] == "RuntimeDefault", (name, c["name"])
             assert "appArmorProfile" not in sc, (name, c["name"])
             checked += 1
-        if name != SITE[0]:
+        if name not in SANDBOXED:
             assert pod["spec"].get("hostUsers", True) is True, name
-    assert checked >= 2
+    assert checked >= 1  # the site's enrolment init container
+    assert set(SANDBOXED) == {n for n, _ in _pod_templates()}
 
 
 def _pss(namespace: str) -> dict[str, str]:
@@ -280,21 +289,59 @@ def _pss(namespace: str) -> dict[str, str]:
     return {k.removeprefix(prefix): v for k, v in labels.items() if k.startswith(prefix)}
 
 
-def test_pod_security_admits_the_sandbox_in_the_site_namespace_only() -> None:
-    # baseline and restricted both forbid Unmasked /proc and Unconfined seccomp/AppArmor.
-    assert _pss("insitu-site")["enforce"] == "privileged"
-    assert _pss("insitu-site")["audit"] == _pss("insitu-site")["warn"] == "restricted"
-    assert _pss("insitu")["enforce"] == "restricted"
+def test_each_sandboxing_workload_has_a_namespace_of_its_own() -> None:
+    """baseline and restricted both forbid Unmasked /proc and Unconfined seccomp/AppArmor,
+    so each namespace that runs a sandbox enforces "privileged" (and audits and warns at
+    "restricted"); the coordinator and the site never share one."""
+    namespaces = {ns for _, ns in SANDBOXED.values()}
+    assert len(namespaces) == len(SANDBOXED)
+    assert {d["metadata"]["name"] for d in _of_kind("Namespace")} == namespaces
+    for ns in namespaces:
+        pss = _pss(ns)
+        assert pss["enforce"] == "privileged", ns
+        assert pss["audit"] == pss["warn"] == "restricted", ns
+        assert pss["audit-version"] == pss["warn-version"] == pss["enforce-version"], ns
+    # Every object of a manifest lives in its workload's namespace, defined in that file.
     for name, doc in DOCS:
-        if doc["kind"] == "Namespace":
-            continue
-        want = "insitu-site" if name.startswith("site.yaml:") else "insitu"
-        assert doc["metadata"]["namespace"] == want, name
+        file = name.split(":", 1)[0]
+        want = {"site.yaml": "insitu-site", "coordinator.yaml": "insitu-coordinator"}[file]
+        meta = doc["metadata"]
+        got = meta["name"] if doc["kind"] == "Namespace" else meta["namespace"]
+        assert got == want, name
+    for workload, (_, ns) in SANDBOXED.items():
+        kind = "StatefulSet" if workload.startswith("insitu-site") else "Deployment"
+        assert _one(kind, workload)["metadata"]["namespace"] == ns
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
+
+
+def test_coordinator_serverapp_settings_fit_the_pod(tmp_path: Path) -> None:
+    s = load_settings(
+        CoordinatorSettings,
+        "coordinator",
+        file=_toml("insitu-coordinator-config", "coordinator.toml", tmp_path),
+        env={},
+    )
+    assert s.unsafe_unsandboxed_serverapps is False
+    limit = _bytes(_container("insitu-coordinator", "coordinator")["resources"]["limits"]["memory"])
+    # A greedy ServerApp hits its own limit, leaving room for the coordinator (and the
+    # sandbox's tmpfs mounts), before the pod's OOM kill would take the coordinator too.
+    assert s.serverapp_memory_mb * 2**20 <= limit // 2
+    assert s.serverapp_cpu_seconds > 0
 
 
 def test_vault_roles_are_bound_where_the_service_accounts_live() -> None:
     script = (K8S_DIR.parent / "vault" / "bootstrap.sh").read_text()
-    defaults = dict(re.findall(r"^(k8s_(?:site_)?namespace)=(\S+)$", script, re.MULTILINE))
-    site_sa = _one("ServiceAccount", "insitu-site")["metadata"]["namespace"]
-    coordinator_sa = _one("ServiceAccount", "insitu-coordinator")["metadata"]["namespace"]
-    assert defaults == {"k8s_namespace": coordinator_sa, "k8s_site_namespace": site_sa}
+    defaults = dict(re.findall(r"^k8s_(\w+)_namespace=(\S+)$", script, re.MULTILINE))
+    assert defaults == {
+        who: _one("ServiceAccount", f"insitu-{who}")["metadata"]["namespace"]
+        for who in ("coordinator", "site")
+    }
+    # The Kubernetes auth roles are written for exactly those variables.
+    assert 'coordinator:"$k8s_coordinator_namespace" site:"$k8s_site_namespace"' in script
