@@ -64,6 +64,7 @@ class JobSettings:
     max_update_bytes: int = 512 * 1024 * 1024
     max_rounds: int = 1000
     unsafe_unsandboxed_serverapps: bool = False
+    job_max_wall_s: float = 86_400.0  # a job's ServerApp is stopped past this
     serverapp_limits: Limits = field(default_factory=lambda: Limits(
         memory_mb=16_384, cpu_seconds=86_400, processes=256, open_files=1024, scratch_mb=1024,
         message_timeout_s=86_400.0))
@@ -521,6 +522,7 @@ class JobManager:
                 run_config=run_config, grid=grid, launcher=launcher, audit=self.audit,
                 log_path=app_root / "serverapp.log",
                 max_update_bytes=self.settings.max_update_bytes,
+                wall_s=self.settings.job_max_wall_s,
             )
         finally:
             self._grid = None

@@ -152,6 +152,7 @@ class Coordinator:
                 approval_timeout_s=settings.job_approval_timeout_s,
                 max_update_bytes=settings.max_update_bytes,
                 unsafe_unsandboxed_serverapps=settings.unsafe_unsandboxed_serverapps,
+                job_max_wall_s=settings.job_max_wall_s,
                 serverapp_limits=Limits(
                     memory_mb=settings.serverapp_memory_mb,
                     cpu_seconds=settings.serverapp_cpu_seconds,

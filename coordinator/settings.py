@@ -43,6 +43,7 @@ class CoordinatorSettings:
     unsafe_unsandboxed_serverapps: bool = False
     serverapp_memory_mb: int = 16_384
     serverapp_cpu_seconds: int = 86_400
+    job_max_wall_s: float = 86_400.0  # a job whose ServerApp runs longer is stopped, failed
 
     @property
     def server_name(self) -> str:

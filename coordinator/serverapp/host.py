@@ -118,11 +118,14 @@ def run_serverapp_sandboxed(
     audit: Audit,
     log_path: Path,
     max_update_bytes: int,
+    wall_s: float,
 ) -> ServerAppOutcome:
-    """Run the job's ServerApp in ``launcher``'s sandbox until it finishes.
+    """Run the job's ServerApp in ``launcher``'s sandbox until it finishes, at most
+    ``wall_s`` seconds.
 
     Raises FAILED_PRECONDITION when the ServerApp fails (its traceback is in
-    ``log_path``), INTERNAL on a protocol violation."""
+    ``log_path``), DEADLINE_EXCEEDED past ``wall_s`` (the process is killed), INTERNAL on a
+    protocol violation."""
     argv = launcher.command([sys.executable, "-m", "coordinator.serverapp.worker"])
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -134,6 +137,16 @@ def run_serverapp_sandboxed(
     limits = {Kind.CALL: min(2**32 - 1, max_update_bytes * 16),
               Kind.RESULT: max_update_bytes * 2, Kind.EXPORT: _MAX_ONNX}
     calls = _Calls(grid, run_id, job_id, audit)
+    expired = threading.Event()
+
+    def kill_at_deadline() -> None:
+        expired.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(wall_s, kill_at_deadline)
+    watchdog.daemon = True
+    watchdog.start()
     arrays: ArrayRecord | None = None
     onnx = b""
     try:
@@ -145,6 +158,10 @@ def run_serverapp_sandboxed(
             frame = read_frame(proc.stdout, Kind, lambda k: limits.get(k, _MAX_SMALL))
             if frame is None:
                 code = proc.wait()
+                if expired.is_set():
+                    raise InsituError(ErrorCode.DEADLINE_EXCEEDED,
+                                      f"ServerApp exceeded the job's wall-clock limit of "
+                                      f"{wall_s:g} s and was stopped (see the job log)")
                 raise InsituError(ErrorCode.FAILED_PRECONDITION,
                                   f"ServerApp process ended with code {code} (see the job log)")
             kind, payload = frame
@@ -174,6 +191,7 @@ def run_serverapp_sandboxed(
             else:
                 raise InsituError(ErrorCode.INTERNAL, f"ServerApp sent {kind.name}")
     finally:
+        watchdog.cancel()
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:

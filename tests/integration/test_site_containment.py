@@ -264,3 +264,30 @@ def test_hostile_serverapp_gets_nothing_out_of_the_coordinator(
     assert "node outside the job" in rules and "another run" in rules
     assert not (rc.coordinator.registry.root / "stolen").exists()  # nothing signed
     assert dev_vault.root_token not in log  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_hanging_serverapp_is_stopped_at_the_wall_clock_limit_and_the_next_job_runs(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+) -> None:
+    rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30,
+                                  job_max_wall_s=4.0))
+    fed = start_app_federation(rc, key_service, tmp_path, HOSTILE_SERVER, rows="x1,x2\n1,2\n")
+    targets = {"hospital-a": "records-a", "hospital-b": "records-b"}
+    try:
+        hung = fed.engineer.submit_job(HOSTILE_SERVER, targets, rounds=1, model_name="hung",
+                                       run_config={"mode": "hang"})
+        after = fed.engineer.submit_job(HOSTILE_SERVER, targets, rounds=1, model_name="after",
+                                        run_config={"coordinator-dir": "/nonexistent",
+                                                    "vault-addr": "127.0.0.1:9"})
+        final = list(fed.engineer.watch_job(hung.job_id, timeout=120))[-1].snapshot
+        nxt = list(fed.engineer.watch_job(after.job_id, timeout=120))[-1].snapshot
+    finally:
+        fed.close()
+    assert final.state == 4 and "wall-clock limit of 4 s" in final.error, final
+    log = (rc.settings.data_dir / "jobs" / hung.job_id / "serverapp.log").read_text()
+    assert "hanging on purpose" in log  # the ServerApp's own output is kept
+    assert nxt.state == 4 and "no site completed" in nxt.error  # the next job ran to its end

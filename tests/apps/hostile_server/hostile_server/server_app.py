@@ -3,6 +3,7 @@
 import os
 import socket
 import sys
+import time
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -30,6 +31,10 @@ def _try(name: str, fn) -> None:  # type: ignore[no-untyped-def]
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if context.run_config.get("mode") == "hang":
+        print("hanging on purpose", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(1)
     cdir = str(context.run_config["coordinator-dir"])
     for rel in ("tls/key.pem", "audit.db", "store.db", "approle/secret_id", "models"):
         _try(f"read {rel}", lambda rel=rel: os.listdir(os.path.join(cdir, rel))
