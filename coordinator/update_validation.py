@@ -3,7 +3,8 @@
 An update must carry exactly the arrays of the global model it answers (same names,
 shapes and dtypes), only finite values, finite metrics, and stay within a size bound.
 A bad update is rejected with a precise reason (and audited by the caller); it is never
-aggregated.
+aggregated. A reason names only what the coordinator itself sent (its record and array
+names), never a key the site chose: those could carry text out of a site.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def validate_reply(
     sent = instruction.content if instruction.has_content() else None
     for key, record in content.array_records.items():
         if sent is None or key not in sent.array_records:
-            return f"array record {key!r} was not part of the instruction"
+            return "an array record that was not part of the instruction"
         expected = sent.array_records[key]
         if list(record.keys()) != list(expected.keys()):
-            return f"array record {key!r} has tensors {len(record)} named differently"
+            return f"array record {key!r} does not have the instruction's tensors"
         for name, arr in record.items():
             ref = expected[name]
             if tuple(arr.shape) != tuple(ref.shape):
@@ -43,9 +44,9 @@ def validate_reply(
             values = array_view(arr)  # the update's own bytes: no 100 MB copy to check them
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"{key}.{name}: non-finite values"
-    for key, metrics in content.metric_records.items():
-        for name, value in metrics.items():
+    for metrics in content.metric_records.values():
+        for value in metrics.values():
             vals = value if isinstance(value, list) else [value]
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
-                return f"metric {key}.{name} is not finite"
+                return "a metric is not finite"
     return None
