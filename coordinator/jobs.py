@@ -29,7 +29,7 @@ from coordinator.aggregation import install as install_aggregator
 from coordinator.flower_compat import node_id_for, set_task_identity
 from coordinator.flower_grid import GridEvent, SessionGrid
 from coordinator.registry import ModelRegistry, arrays_to_npz
-from coordinator.serverapp import run_serverapp_sandboxed
+from coordinator.serverapp import ServerAppCancelled, run_serverapp_sandboxed
 from coordinator.sessions import Session, SessionRegistry
 from insitu._proto.v1 import jobs_pb2, session_pb2
 from insitu.errors import ErrorCode, InsituError
@@ -54,6 +54,14 @@ __all__ = ["JobManager", "JobRecord", "JobSettings", "validate_submit"]
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed-mean", "median")
+_FINISHED = frozenset({
+    jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_REFUSED,
+    jobs_pb2.JOB_STATE_CANCELLED,
+})
+
+
+def _state_name(state: int) -> str:
+    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 AuditFn = Callable[[str, dict[str, Any]], None]
 
 
@@ -95,6 +103,7 @@ class JobRecord:
     error: str = ""
     run_id: int = field(default_factory=lambda: uuid.uuid4().int & ((1 << 63) - 1))
     epsilon: dict[str, float] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def to_proto(self) -> jobs_pb2.Job:
         return jobs_pb2.Job(
@@ -254,6 +263,22 @@ class JobManager:
         self._queue.put(job.job_id)
         return job
 
+    def cancel(self, job_id: str, by: str) -> JobRecord:
+        """Stop a job that has not finished: a queued or waiting job ends at once, a running
+        one when its ServerApp is stopped. FAILED_PRECONDITION once it has finished."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state in _FINISHED:
+                raise InsituError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"job {job_id} already finished ({_state_name(job.state)}); "
+                    "nothing to cancel",
+                )
+            job.cancel.set()
+            self._lock.notify_all()
+        self.audit("job.cancel", {"job_id": job_id, "by": by, "code_sha256": job.code_sha256})
+        return job
+
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             job = self._jobs.get(job_id)
@@ -372,10 +397,14 @@ class JobManager:
         while (job_id := self._queue.get()) is not None:
             job = self._jobs[job_id]
             try:
+                if job.cancel.is_set():
+                    raise ServerAppCancelled(detail="job cancelled before it started")
                 with tracer().start_as_current_span(
                     "insitu.job", context=extract_from_dict(job.trace)
                 ):
                     self._run(job)
+            except ServerAppCancelled as e:
+                self._finish(job, jobs_pb2.JOB_STATE_CANCELLED, e.detail)
             except Exception as e:
                 log.exception("job %s failed", job_id)
                 detail = e.detail if isinstance(e, InsituError) else type(e).__name__
@@ -389,6 +418,7 @@ class JobManager:
         outcome: dict[int, str] = {
             jobs_pb2.JOB_STATE_SUCCEEDED: "succeeded",
             jobs_pb2.JOB_STATE_REFUSED: "refused",
+            jobs_pb2.JOB_STATE_CANCELLED: "cancelled",
         }
         self.audit(
             "job.end",
@@ -448,6 +478,8 @@ class JobManager:
                     self._propose(job, site, s)
                     proposed.add(site)
             with self._lock:
+                if job.cancel.is_set():
+                    raise ServerAppCancelled(detail="job cancelled while sites were deciding")
                 if len(job.approvals) == n or time.monotonic() > deadline:
                     break
                 self._lock.wait(0.5)
@@ -523,6 +555,7 @@ class JobManager:
                 log_path=app_root / "serverapp.log",
                 max_update_bytes=self.settings.max_update_bytes,
                 wall_s=self.settings.job_max_wall_s,
+                cancel=job.cancel,
             )
         finally:
             self._grid = None

@@ -131,6 +131,7 @@ def install_resolvers(
             "role.revoke": role_binding,
             "job.submit": job_submit,
             "job.read": job_read,
+            "job.cancel": job_read,
             "model.read": model_read,
         }
     )

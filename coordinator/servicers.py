@@ -202,6 +202,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     ) -> jobs_pb2.Job:
         return self.c.jobs.get(request.job_id).to_proto()
 
+    def CancelJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
+        return self.c.jobs.cancel(request.job_id, current_principal().spiffe_id.uri).to_proto()
+
     def WatchJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.JobEvent]:

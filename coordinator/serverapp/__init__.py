@@ -14,6 +14,10 @@ Example::
     outcome.arrays, outcome.onnx
 """
 
-from coordinator.serverapp.host import ServerAppOutcome, run_serverapp_sandboxed
+from coordinator.serverapp.host import (
+    ServerAppCancelled,
+    ServerAppOutcome,
+    run_serverapp_sandboxed,
+)
 
-__all__ = ["ServerAppOutcome", "run_serverapp_sandboxed"]
+__all__ = ["ServerAppCancelled", "ServerAppOutcome", "run_serverapp_sandboxed"]

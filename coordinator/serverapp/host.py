@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from insitu.errors import ErrorCode, InsituError
 from insitu.sandbox import Launcher
 from insitu.sandbox.frames import read_frame, write_frame
 
-__all__ = ["MAX_LOG_BYTES", "ServerAppOutcome", "run_serverapp_sandboxed"]
+__all__ = ["MAX_LOG_BYTES", "ServerAppCancelled", "ServerAppOutcome", "run_serverapp_sandboxed"]
 
 MAX_LOG_BYTES: Final = 16 * 1024 * 1024
 _MAX_SMALL: Final = 1024 * 1024
@@ -49,6 +50,12 @@ class ServerAppOutcome:
 
     arrays: ArrayRecord | None
     onnx: bytes
+
+
+class ServerAppCancelled(InsituError):
+    """The job was cancelled while its ServerApp ran; the process was stopped."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class _Refused(Exception):
@@ -119,13 +126,14 @@ def run_serverapp_sandboxed(
     log_path: Path,
     max_update_bytes: int,
     wall_s: float,
+    cancel: threading.Event | None = None,
 ) -> ServerAppOutcome:
     """Run the job's ServerApp in ``launcher``'s sandbox until it finishes, at most
     ``wall_s`` seconds.
 
     Raises FAILED_PRECONDITION when the ServerApp fails (its traceback is in
-    ``log_path``), DEADLINE_EXCEEDED past ``wall_s`` (the process is killed), INTERNAL on a
-    protocol violation."""
+    ``log_path``), DEADLINE_EXCEEDED past ``wall_s``, :class:`ServerAppCancelled` once
+    ``cancel`` is set (the process is killed either way), INTERNAL on a protocol violation."""
     argv = launcher.command([sys.executable, "-m", "coordinator.serverapp.worker"])
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -137,15 +145,23 @@ def run_serverapp_sandboxed(
     limits = {Kind.CALL: min(2**32 - 1, max_update_bytes * 16),
               Kind.RESULT: max_update_bytes * 2, Kind.EXPORT: _MAX_ONNX}
     calls = _Calls(grid, run_id, job_id, audit)
-    expired = threading.Event()
+    expired, finished = threading.Event(), threading.Event()
+    cancelled = cancel or threading.Event()
 
-    def kill_at_deadline() -> None:
-        expired.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    def watch() -> None:
+        # Kill the ServerApp at its wall-clock limit, or as soon as the job is cancelled.
+        deadline = time.monotonic() + wall_s
+        while not finished.is_set():
+            if cancelled.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                break
+            if time.monotonic() >= deadline:
+                expired.set()
+                break
+        if not finished.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
-    watchdog = threading.Timer(wall_s, kill_at_deadline)
-    watchdog.daemon = True
+    watchdog = threading.Thread(target=watch, daemon=True, name=f"serverapp-watch-{job_id}")
     watchdog.start()
     arrays: ArrayRecord | None = None
     onnx = b""
@@ -158,6 +174,8 @@ def run_serverapp_sandboxed(
             frame = read_frame(proc.stdout, Kind, lambda k: limits.get(k, _MAX_SMALL))
             if frame is None:
                 code = proc.wait()
+                if cancelled.is_set():
+                    raise ServerAppCancelled(detail="job cancelled; its ServerApp was stopped")
                 if expired.is_set():
                     raise InsituError(ErrorCode.DEADLINE_EXCEEDED,
                                       f"ServerApp exceeded the job's wall-clock limit of "
@@ -191,7 +209,7 @@ def run_serverapp_sandboxed(
             else:
                 raise InsituError(ErrorCode.INTERNAL, f"ServerApp sent {kind.name}")
     finally:
-        watchdog.cancel()
+        finished.set()
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:

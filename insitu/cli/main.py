@@ -341,6 +341,21 @@ def job_list(
     console.print(table)
 
 
+@job_app.command("cancel")
+@cli_errors
+def job_cancel(
+    job_id: Annotated[str, typer.Argument()],
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """Stop a job of yours that has not finished (its ServerApp is stopped; audited)."""
+    with connect(coordinator, identity, trust_domain, config) as c:
+        job = c.cancel_job(job_id)
+    console.print(f"job {job.job_id}: cancel requested")
+
+
 @job_app.command("show")
 @cli_errors
 def job_show(

@@ -296,6 +296,10 @@ class Client:
     def get_job(self, job_id: str, *, timeout: float | None = None) -> jobs_pb2.Job:
         return self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout)
 
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> jobs_pb2.Job:
+        """Stop a job of yours that has not finished (FailedPrecondition once it has)."""
+        return self._call(self._jobs.CancelJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout)
+
     def list_jobs(self, *, timeout: float | None = None) -> list[jobs_pb2.Job]:
         return list(self._call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(), timeout).jobs)
 

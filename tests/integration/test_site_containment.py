@@ -19,6 +19,7 @@ import pytest
 
 from coordinator.settings import CoordinatorSettings
 from insitu.keys import KeyService
+from insitu.sdk import InsituRpcError
 from tests.integration.conftest import RunningCoordinator, wait_for
 from tests.integration.federation import (
     APP,
@@ -26,6 +27,7 @@ from tests.integration.federation import (
     Federation,
     start_app_federation,
     start_federation,
+    user_client,
 )
 
 SUCCEEDED, REFUSED = 3, 5
@@ -291,3 +293,39 @@ def test_a_hanging_serverapp_is_stopped_at_the_wall_clock_limit_and_the_next_job
     log = (rc.settings.data_dir / "jobs" / hung.job_id / "serverapp.log").read_text()
     assert "hanging on purpose" in log  # the ServerApp's own output is kept
     assert nxt.state == 4 and "no site completed" in nxt.error  # the next job ran to its end
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_job_only_for_its_owner_and_only_once(
+    make_coordinator: Callable[[CoordinatorSettings], RunningCoordinator],
+    coordinator_settings: CoordinatorSettings,
+    key_service: KeyService,
+    tmp_path: Path,
+) -> None:
+    rc = make_coordinator(replace(coordinator_settings, job_approval_timeout_s=30))
+    fed = start_app_federation(rc, key_service, tmp_path, HOSTILE_SERVER, rows="x1,x2\n1,2\n")
+    with rc.admin() as admin:
+        admin.grant_role(f"spiffe://{rc.settings.trust_domain}/user/mallory", "ml_engineer",
+                         org="acme")
+    mallory = user_client(rc, key_service, "mallory", tmp_path / "mallory")
+    try:
+        job = fed.engineer.submit_job(HOSTILE_SERVER, {"hospital-a": "records-a",
+                                                       "hospital-b": "records-b"},
+                                      rounds=1, model_name="hang", run_config={"mode": "hang"})
+        log_path = rc.settings.data_dir / "jobs" / job.job_id / "serverapp.log"
+        wait_for(lambda: log_path.exists() and "hanging on purpose" in log_path.read_text(),
+                 timeout=60, what="the ServerApp to run")
+        with pytest.raises(InsituRpcError) as denied:
+            mallory.cancel_job(job.job_id)
+        assert denied.value.code.name == "PERMISSION_DENIED"
+        fed.engineer.cancel_job(job.job_id)
+        final = list(fed.engineer.watch_job(job.job_id, timeout=60))[-1].snapshot
+        assert final.state == 6 and "cancelled" in final.error  # CANCELLED
+        with pytest.raises(InsituRpcError) as again:
+            fed.engineer.cancel_job(job.job_id)
+        assert again.value.code.name == "FAILED_PRECONDITION"
+        assert "already finished (cancelled)" in str(again.value)
+        assert fed.audit_events("job.cancel")
+    finally:
+        mallory.close()
+        fed.close()

@@ -44,6 +44,11 @@ class JobsStub:
                 request_serializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=insitu_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/insitu.v1.Jobs/CancelJob',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/insitu.v1.Jobs/ListJobs',
                 request_serializer=insitu_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
@@ -71,6 +76,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Stop a job of yours that has not finished; FAILED_PRECONDITION once it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -94,6 +106,11 @@ def add_JobsServicer_to_server(servicer, server):
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
                     request_deserializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=insitu_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
@@ -160,6 +177,33 @@ class Jobs:
             request,
             target,
             '/insitu.v1.Jobs/GetJob',
+            insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Jobs/CancelJob',
             insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             insitu_dot_v1_dot_jobs__pb2.Job.FromString,
             options,

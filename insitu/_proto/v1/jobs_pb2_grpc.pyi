@@ -29,6 +29,12 @@ class JobsStub:
         insitu._proto.v1.jobs_pb2.Job,
     ]
 
+    CancelJob: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.GetJobRequest,
+        insitu._proto.v1.jobs_pb2.Job,
+    ]
+    """Stop a job of yours that has not finished; FAILED_PRECONDITION once it has."""
+
     ListJobs: grpc.UnaryUnaryMultiCallable[
         insitu._proto.v1.jobs_pb2.ListJobsRequest,
         insitu._proto.v1.jobs_pb2.ListJobsResponse,
@@ -50,6 +56,12 @@ class JobsAsyncStub:
         insitu._proto.v1.jobs_pb2.GetJobRequest,
         insitu._proto.v1.jobs_pb2.Job,
     ]
+
+    CancelJob: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.GetJobRequest,
+        insitu._proto.v1.jobs_pb2.Job,
+    ]
+    """Stop a job of yours that has not finished; FAILED_PRECONDITION once it has."""
 
     ListJobs: grpc.aio.UnaryUnaryMultiCallable[
         insitu._proto.v1.jobs_pb2.ListJobsRequest,
@@ -76,6 +88,14 @@ class JobsServicer(metaclass=abc.ABCMeta):
         request: insitu._proto.v1.jobs_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> typing.Union[insitu._proto.v1.jobs_pb2.Job, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.Job]]: ...
+
+    @abc.abstractmethod
+    def CancelJob(
+        self,
+        request: insitu._proto.v1.jobs_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.Job, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.Job]]:
+        """Stop a job of yours that has not finished; FAILED_PRECONDITION once it has."""
 
     @abc.abstractmethod
     def ListJobs(
