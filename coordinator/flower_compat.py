@@ -8,11 +8,44 @@ from __future__ import annotations
 
 import hashlib
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["SUPERLINK_NODE_ID", "node_id_for", "set_message_id", "set_task_identity"]
+__all__ = [
+    "SUPERLINK_NODE_ID",
+    "RunGrid",
+    "node_id_for",
+    "set_message_id",
+    "set_task_identity",
+]
+
+
+class RunGrid(Grid):
+    """The part of Flower's Grid every insitu grid shares: the run it serves, and
+    instructions built from the process-global TaskIdentity."""
+
+    _run: Run | None = None
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        assert self._run is not None
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
 
 def set_message_id(message: Message, message_id: str) -> None:

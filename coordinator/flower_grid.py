@@ -17,17 +17,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode as FlwrErrorCode
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.common.serde_utils import error_from_proto, metadata_from_proto, metadata_to_proto
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from flwr.serverapp.grid import Grid
-from flwr.supercore.run import Run
 
-from coordinator.flower_compat import set_message_id
+from coordinator.flower_compat import RunGrid, set_message_id
 from coordinator.sessions import SessionRegistry
 from coordinator.update_validation import validate_reply
 from insitu._proto.v1 import session_pb2
@@ -73,7 +71,7 @@ def round_of(msg: Message) -> str:
     return msg.metadata.group_id
 
 
-class SessionGrid(Grid):
+class SessionGrid(RunGrid):
     """A Grid whose nodes are the approved, connected sites of one job."""
 
     def __init__(
@@ -95,7 +93,6 @@ class SessionGrid(Grid):
         self.node_wait_s = node_wait_s
         self.max_update_bytes = max_update_bytes
         self._on_event = on_event or (lambda e: None)
-        self._run: Run | None = None
         self._cv = threading.Condition()
         self._pending: dict[str, _Pending] = {}
         self._replies: dict[str, Message] = {}
@@ -105,24 +102,6 @@ class SessionGrid(Grid):
         self._ready: set[str] = set(sites.values())
 
     # -- Grid API ----------------------------------------------------------------------
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        assert self._run is not None
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         live = [n for n, s in self._sites.items() if self._connected(s) and s in self._ready]

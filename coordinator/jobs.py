@@ -38,15 +38,7 @@ from insitu.flower.config import config_value
 from insitu.flower.refusals import refusal_text
 from insitu.identity.spiffe import SpiffeId, validate_name
 from insitu.rpc.chunks import Reassembler
-from insitu.sandbox import (
-    BwrapLauncher,
-    HostLauncher,
-    Launcher,
-    Limits,
-    SandboxSpec,
-    require_bwrap,
-    sandbox_env,
-)
+from insitu.sandbox import Launcher, Limits, SandboxSpec, launcher_for, sandbox_env
 from insitu.telemetry.tracing import extract_from_dict, inject_to_dict, tracer
 
 __all__ = ["JobManager", "JobRecord", "JobSettings", "validate_submit"]
@@ -487,14 +479,12 @@ class JobManager:
 
     def _serverapp_launcher(self, app_dir: Path) -> Launcher:
         """The sandbox a job's ServerApp runs in: only its app, read-only; no network."""
-        limits = self.settings.serverapp_limits
-        if self.settings.unsafe_unsandboxed_serverapps:
-            return HostLauncher(limits, sandbox_env(os.environ), app_dir)
-        spec = SandboxSpec(limits=limits, ro={app_dir: "/app"}, env=sandbox_env(os.environ))
-        bwrap = require_bwrap(
-            escape_hatch="unsafe_unsandboxed_serverapps to true in the coordinator's [coordinator]"
+        spec = SandboxSpec(limits=self.settings.serverapp_limits, ro={app_dir: "/app"},
+                           env=sandbox_env(os.environ))
+        return launcher_for(
+            spec, unsafe=self.settings.unsafe_unsandboxed_serverapps, host_cwd=app_dir,
+            escape_hatch="unsafe_unsandboxed_serverapps to true in the coordinator's [coordinator]",
         )
-        return BwrapLauncher(spec, bwrap=bwrap)
 
     def _run(self, job: JobRecord) -> None:
         approved = self._collect_approvals(job)

@@ -22,10 +22,10 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto, recorddict_to_proto
 from flwr.server.run_serverapp import run as run_serverapp
-from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from coordinator.flower_compat import RunGrid, set_message_id
 from coordinator.serverapp.protocol import Kind, Op, pack_messages, unpack_messages
 from insitu.flower.bundle import load_component
 from insitu.flower.observe import observe_strategies
@@ -40,12 +40,12 @@ class GridCallFailed(RuntimeError):
     """The coordinator refused a Grid call (the text says why)."""
 
 
-class PipeGrid(Grid):
+class PipeGrid(RunGrid):
     """Flower's Grid, each call forwarded to the coordinator over the pipes."""
 
     def __init__(self, inp: BinaryIO, out: BinaryIO, run_id: int) -> None:
         self._in, self._out = inp, out
-        self._run = Run.create_empty(run_id)
+        self.set_run(Run.create_empty(run_id))
 
     def _call(self, op: Op, body: bytes) -> bytes:
         write_frame(self._out, Kind.CALL, bytes([op]) + body)
@@ -59,23 +59,6 @@ class PipeGrid(Grid):
             raise GridCallFailed(f"unexpected {kind.name}")
         return payload
 
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
     def get_node_ids(self) -> Iterable[int]:
         return [int(n) for n in json.loads(self._call(Op.GET_NODES, b""))]
 
@@ -84,7 +67,7 @@ class PipeGrid(Grid):
         ids = [str(i) for i in json.loads(self._call(
             Op.PUSH, pack_messages(message_to_proto(m) for m in msgs)))]
         for m, mid in zip(msgs, ids, strict=True):
-            m.metadata.__dict__["_message_id"] = mid  # as flwr's own grids do
+            set_message_id(m, mid)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

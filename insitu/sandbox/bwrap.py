@@ -56,6 +56,7 @@ __all__ = [
     "SandboxUnavailable",
     "find_bwrap",
     "gpu_device_args",
+    "launcher_for",
     "require_bwrap",
     "runtime_paths",
     "sandbox_env",
@@ -325,6 +326,17 @@ class BwrapLauncher:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         return rlimit_command(self.spec.limits, [self._bwrap, *self.arguments(), "--", *argv])
+
+
+def launcher_for(
+    spec: SandboxSpec, *, unsafe: bool, host_cwd: Path, escape_hatch: str = SITE_ESCAPE_HATCH
+) -> Launcher:
+    """The bubblewrap sandbox ``spec`` describes (SandboxUnavailable, naming the fix and
+    ``escape_hatch``, when it cannot be built); only when ``unsafe`` is set, a plain process
+    with the same limits and environment instead, working in ``host_cwd``."""
+    if unsafe:
+        return HostLauncher(spec.limits, spec.env, host_cwd)
+    return BwrapLauncher(spec, bwrap=require_bwrap(escape_hatch=escape_hatch))
 
 
 class HostLauncher:

@@ -45,11 +45,10 @@ from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.chunks import Reassembler, split_message
 from insitu.sandbox import (
     BwrapLauncher,
-    HostLauncher,
     Launcher,
     Limits,
     SandboxSpec,
-    require_bwrap,
+    launcher_for,
     sandbox_env,
 )
 from insitu.telemetry.tracing import extract_from_dict, tracer
@@ -59,7 +58,7 @@ from site_node.training.datasets import DatasetRegistry, RegisteredDataset
 from site_node.training.dp import DpAccountant, DpPolicy, clip_and_noise, epsilon_for
 from site_node.training.ledger import PrivacyLedger
 from site_node.training.reply import ParsedInstruction, ParsedReply, error_message
-from site_node.training.runner import ClientAppRunner, build_node_config, worker_env
+from site_node.training.runner import ClientAppRunner, build_node_config
 
 __all__ = ["JobSandboxing", "SiteJobs", "node_id_for", "site_dp_policy"]
 
@@ -315,9 +314,6 @@ class SiteJobs:
     def _launcher(
         self, p: session_pb2.JobProposal, layout: AppLayout, ds: RegisteredDataset, limits: Limits
     ) -> Launcher:
-        if self.sandboxing.unsafe_unsandboxed:
-            return HostLauncher(limits, worker_env(), layout.directory)
-        bwrap = require_bwrap()  # SandboxUnavailable: the job is refused, naming the fix
         gpu = None
         if layout.declaration.resources.gpu and self.sandboxing.gpus:
             with self._lock:
@@ -329,7 +325,9 @@ class SiteJobs:
             env=sandbox_env(self._daemon_env, gpu=gpu is not None),
             gpu=gpu,
         )
-        return BwrapLauncher(spec, bwrap=bwrap)
+        # SandboxUnavailable refuses the job, naming the fix.
+        return launcher_for(spec, unsafe=self.sandboxing.unsafe_unsandboxed,
+                            host_cwd=layout.directory)
 
     def _audit_start(
         self, p: session_pb2.JobProposal, layout: AppLayout, launcher: Launcher,
