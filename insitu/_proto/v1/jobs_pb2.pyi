@@ -17,6 +17,8 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_REFUSED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_INTERRUPTED: _ClassVar[JobState]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_AWAITING_APPROVAL: JobState
 JOB_STATE_RUNNING: JobState
@@ -24,6 +26,24 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_REFUSED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_INTERRUPTED: JobState
+
+class JobLogsRequest(_message.Message):
+    __slots__ = ("job_id", "tail_bytes")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TAIL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    tail_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., tail_bytes: _Optional[int] = ...) -> None: ...
+
+class JobLogs(_message.Message):
+    __slots__ = ("data", "truncated")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    truncated: bool
+    def __init__(self, data: _Optional[bytes] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class DeployModelRequest(_message.Message):
     __slots__ = ("name", "version", "site_id", "canary_percent")
@@ -150,7 +170,7 @@ class RoundSummary(_message.Message):
     def __init__(self, round: _Optional[int] = ..., sites_ok: _Optional[_Iterable[str]] = ..., sites_failed: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., wall_seconds: _Optional[float] = ..., phase: _Optional[str] = ..., site_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "code_sha256", "state", "targets", "approvals", "rounds", "current_round", "owner", "model_name", "model_version", "error", "history", "strategy")
+    __slots__ = ("job_id", "code_sha256", "state", "targets", "approvals", "rounds", "current_round", "owner", "model_name", "model_version", "error", "history", "strategy", "fix", "submitted_unix", "finished_unix")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +184,9 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     code_sha256: str
     state: JobState
@@ -177,7 +200,10 @@ class Job(_message.Message):
     error: str
     history: _containers.RepeatedCompositeFieldContainer[RoundSummary]
     strategy: str
-    def __init__(self, job_id: _Optional[str] = ..., code_sha256: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., targets: _Optional[_Iterable[_Union[SiteDataset, _Mapping]]] = ..., approvals: _Optional[_Iterable[_Union[SiteApproval, _Mapping]]] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., owner: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., error: _Optional[str] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., strategy: _Optional[str] = ...) -> None: ...
+    fix: str
+    submitted_unix: int
+    finished_unix: int
+    def __init__(self, job_id: _Optional[str] = ..., code_sha256: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., targets: _Optional[_Iterable[_Union[SiteDataset, _Mapping]]] = ..., approvals: _Optional[_Iterable[_Union[SiteApproval, _Mapping]]] = ..., rounds: _Optional[int] = ..., current_round: _Optional[int] = ..., owner: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., error: _Optional[str] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., strategy: _Optional[str] = ..., fix: _Optional[str] = ..., submitted_unix: _Optional[int] = ..., finished_unix: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -59,6 +59,11 @@ class JobsStub:
                 request_serializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=insitu_dot_v1_dot_jobs__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.GetJobLogs = channel.unary_unary(
+                '/insitu.v1.Jobs/GetJobLogs',
+                request_serializer=insitu_dot_v1_dot_jobs__pb2.JobLogsRequest.SerializeToString,
+                response_deserializer=insitu_dot_v1_dot_jobs__pb2.JobLogs.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -96,6 +101,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobLogs(self, request, context):
+        """The job's ServerApp output (its stdout and stderr, bounded), the tail when asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +135,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=insitu_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=insitu_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
+            'GetJobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobLogs,
+                    request_deserializer=insitu_dot_v1_dot_jobs__pb2.JobLogsRequest.FromString,
+                    response_serializer=insitu_dot_v1_dot_jobs__pb2.JobLogs.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +277,33 @@ class Jobs:
             '/insitu.v1.Jobs/WatchJob',
             insitu_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             insitu_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insitu.v1.Jobs/GetJobLogs',
+            insitu_dot_v1_dot_jobs__pb2.JobLogsRequest.SerializeToString,
+            insitu_dot_v1_dot_jobs__pb2.JobLogs.FromString,
             options,
             channel_credentials,
             insecure,

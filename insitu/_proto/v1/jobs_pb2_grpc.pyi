@@ -46,6 +46,12 @@ class JobsStub:
     ]
     """Streams a snapshot, then one event per finished round, then the final snapshot."""
 
+    GetJobLogs: grpc.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.JobLogsRequest,
+        insitu._proto.v1.jobs_pb2.JobLogs,
+    ]
+    """The job's ServerApp output (its stdout and stderr, bounded), the tail when asked."""
+
 class JobsAsyncStub:
     SubmitJob: grpc.aio.UnaryUnaryMultiCallable[
         insitu._proto.v1.jobs_pb2.SubmitJobRequest,
@@ -73,6 +79,12 @@ class JobsAsyncStub:
         insitu._proto.v1.jobs_pb2.JobEvent,
     ]
     """Streams a snapshot, then one event per finished round, then the final snapshot."""
+
+    GetJobLogs: grpc.aio.UnaryUnaryMultiCallable[
+        insitu._proto.v1.jobs_pb2.JobLogsRequest,
+        insitu._proto.v1.jobs_pb2.JobLogs,
+    ]
+    """The job's ServerApp output (its stdout and stderr, bounded), the tail when asked."""
 
 class JobsServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -111,6 +123,14 @@ class JobsServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[insitu._proto.v1.jobs_pb2.JobEvent], collections.abc.AsyncIterator[insitu._proto.v1.jobs_pb2.JobEvent]]:
         """Streams a snapshot, then one event per finished round, then the final snapshot."""
+
+    @abc.abstractmethod
+    def GetJobLogs(
+        self,
+        request: insitu._proto.v1.jobs_pb2.JobLogsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insitu._proto.v1.jobs_pb2.JobLogs, collections.abc.Awaitable[insitu._proto.v1.jobs_pb2.JobLogs]]:
+        """The job's ServerApp output (its stdout and stderr, bounded), the tail when asked."""
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
 

@@ -27,20 +27,22 @@ class SiteMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_reply: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_decision: _Optional[_Union[JobDecision, _Mapping]] = ..., deploy_result: _Optional[_Union[DeployResult, _Mapping]] = ..., feature_batch: _Optional[_Union[FeatureChunk, _Mapping]] = ..., witness: _Optional[_Union[WitnessNote, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("site_id", "software_version", "replaces_session_id", "attestation_key", "audit_key", "witnessed_size")
+    __slots__ = ("site_id", "software_version", "replaces_session_id", "attestation_key", "audit_key", "witnessed_size", "active_job_ids")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLACES_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_KEY_FIELD_NUMBER: _ClassVar[int]
     AUDIT_KEY_FIELD_NUMBER: _ClassVar[int]
     WITNESSED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     software_version: str
     replaces_session_id: str
     attestation_key: bytes
     audit_key: bytes
     witnessed_size: int
-    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ..., attestation_key: _Optional[bytes] = ..., audit_key: _Optional[bytes] = ..., witnessed_size: _Optional[int] = ...) -> None: ...
+    active_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., replaces_session_id: _Optional[str] = ..., attestation_key: _Optional[bytes] = ..., audit_key: _Optional[bytes] = ..., witnessed_size: _Optional[int] = ..., active_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "sent_unix_ms")
@@ -79,14 +81,16 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., task: _Optional[_Union[TaskChunk, _Mapping]] = ..., job_proposal: _Optional[_Union[JobProposal, _Mapping]] = ..., job_end: _Optional[_Union[JobEnd, _Mapping]] = ..., model_deploy: _Optional[_Union[ModelDeploy, _Mapping]] = ..., model_control: _Optional[_Union[ModelControl, _Mapping]] = ..., authz_sync: _Optional[_Union[AuthzSync, _Mapping]] = ..., feature_ack: _Optional[_Union[FeatureAck, _Mapping]] = ..., pseudonym_key: _Optional[_Union[PseudonymKey, _Mapping]] = ..., checkpoint_offer: _Optional[_Union[CheckpointOffer, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "site_id", "heartbeat_interval_ms")
+    __slots__ = ("session_id", "site_id", "heartbeat_interval_ms", "active_job_ids")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     site_id: str
     heartbeat_interval_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., site_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    active_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., site_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., active_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("seq", "received_unix_ms")
