@@ -48,6 +48,7 @@ class GridEvent:
     group_id: str  # the server round (see round_of)
     detail: str = ""
     reply: Message | None = None
+    instruction: Message | None = None  # on "sent"
 
 
 @dataclass
@@ -150,7 +151,9 @@ class SessionGrid(RunGrid):
         # Every message of the batch is counted as sent before any can be answered, so a
         # fast reply never makes a round look complete while the rest are still going out.
         for _mid, site_id, msg, _meta, _content, rnd in batch:
-            self._on_event(GridEvent("sent", site_id, msg.metadata.message_type, rnd))
+            self._on_event(
+                GridEvent("sent", site_id, msg.metadata.message_type, rnd, instruction=msg)
+            )
         trace = inject_to_dict()
         for message_id, site_id, _msg, meta, content, _rnd in batch:
             session = self._sessions.get(site_id)

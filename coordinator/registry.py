@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class ModelRegistry:
     def __init__(self, root: Path, keys: KeyService) -> None:
         self.root = root
         self.keys = keys
+        self._store_lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _dir(self, name: str, version: str) -> Path:
@@ -116,6 +118,13 @@ class ModelRegistry:
         lineage: dict[str, Any],
         owner: str,
         org: str = "",
+    ) -> ModelRecord:
+        with self._store_lock:  # concurrent jobs may register the same model name
+            return self._store(name, state, onnx, lineage, owner, org)
+
+    def _store(
+        self, name: str, state: bytes, onnx: bytes, lineage: dict[str, Any], owner: str,
+        org: str,
     ) -> ModelRecord:
         version = self.next_version(name)
         final = self._dir(name, version)

@@ -17,6 +17,7 @@ from coordinator.authorization import CoordinatorAuthorizer
 from coordinator.deployments import DeploymentManager
 from coordinator.features import FeatureIntake, PseudonymKeys
 from coordinator.jobs import JobManager, JobSettings
+from coordinator.jobs.store import open_job_store
 from coordinator.registry import ModelRegistry
 from coordinator.resources import install_resolvers
 from coordinator.servicers import (
@@ -148,11 +149,13 @@ class Coordinator:
             audit=lambda event, attrs: self.auditor.event(
                 event, event, ("Job", str(attrs.get("job_id", "-"))), attrs=attrs
             ),
+            store=open_job_store(self.data_dir, settings.job_store_dsn),
             settings=JobSettings(
                 approval_timeout_s=settings.job_approval_timeout_s,
                 max_update_bytes=settings.max_update_bytes,
                 unsafe_unsandboxed_serverapps=settings.unsafe_unsandboxed_serverapps,
                 job_max_wall_s=settings.job_max_wall_s,
+                max_concurrent_jobs=settings.max_concurrent_jobs,
                 serverapp_limits=Limits(
                     memory_mb=settings.serverapp_memory_mb,
                     cpu_seconds=settings.serverapp_cpu_seconds,

@@ -91,6 +91,7 @@ class SiteSessionServicer(session_pb2_grpc.SiteSessionServicer):
             self.c.settings.heartbeat_interval_ms,
             on_message=self.c.on_site_message,
             on_hello=self.c.witness.on_hello,
+            active_jobs=self.c.jobs.active_jobs_for,
         )
 
     def Renew(
@@ -211,6 +212,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.JobEvent]:
         yield from self.c.jobs.watch(request.job_id)
+
+    def GetJobLogs(
+        self, request: jobs_pb2.JobLogsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.JobLogs:
+        data, truncated = self.c.jobs.logs(request.job_id, request.tail_bytes)
+        return jobs_pb2.JobLogs(data=data, truncated=truncated)
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext

@@ -49,6 +49,7 @@ def serve_session(
     heartbeat_interval_ms: int,
     on_message: Callable[[Session, session_pb2.SiteMessage], None] | None = None,
     on_hello: Callable[[str, int], None] | None = None,
+    active_jobs: Callable[[str], list[str]] | None = None,
 ) -> Iterator[session_pb2.CoordinatorMessage]:
     first = _first_message(requests)
     if first.WhichOneof("body") != "hello":
@@ -68,7 +69,8 @@ def serve_session(
         log.warning("site %s presented an audit key other than the pinned one", site_id)
     if on_hello is not None:
         on_hello(site_id, int(first.hello.witnessed_size))
-    session = registry.open(site_id, principal.cert_serial, principal.not_after)
+    held = frozenset(j[:64] for j in first.hello.active_job_ids[:1024])
+    session = registry.open(site_id, principal.cert_serial, principal.not_after, held)
     stop_reader = threading.Event()
 
     def reader() -> None:
@@ -100,6 +102,7 @@ def serve_session(
                 session_id=session.session_id,
                 site_id=site_id,
                 heartbeat_interval_ms=heartbeat_interval_ms,
+                active_job_ids=active_jobs(site_id) if active_jobs is not None else [],
             )
         )
         while not session.closed.is_set():

@@ -32,6 +32,8 @@ class Session:
     closed: threading.Event = field(default_factory=threading.Event)
     close_reason: str = ""
     close_code: str = ""  # an ErrorCode value when the close is a refusal
+    # The jobs the site said (in its Hello) it holds a worker or reservation for.
+    site_jobs: frozenset[str] = frozenset()
 
     def touch(self) -> None:
         self.last_seen = time.time()
@@ -59,8 +61,11 @@ class SessionRegistry:
         for cb in self._listeners:
             cb(event, s)
 
-    def open(self, site_id: str, cert_serial: int, cert_not_after: datetime) -> Session:
-        s = Session(site_id, cert_serial, cert_not_after)
+    def open(
+        self, site_id: str, cert_serial: int, cert_not_after: datetime,
+        site_jobs: frozenset[str] = frozenset(),
+    ) -> Session:
+        s = Session(site_id, cert_serial, cert_not_after, site_jobs=site_jobs)
         with self._lock:
             old = self._by_site.get(site_id)
             self._by_site[site_id] = s

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from insitu.authz.bundle import default_policy_dir
+from insitu.errors import ErrorCode, InsituError
 
 __all__ = ["CoordinatorSettings", "default_policy_dir"]
 
@@ -44,6 +45,16 @@ class CoordinatorSettings:
     serverapp_memory_mb: int = 16_384
     serverapp_cpu_seconds: int = 86_400
     job_max_wall_s: float = 86_400.0  # a job whose ServerApp runs longer is stopped, failed
+    max_concurrent_jobs: int = 4  # jobs past this wait in the queue (`insitu job list`)
+    # Job records, rounds and outcomes: SQLite under data_dir, or this PostgreSQL DSN.
+    job_store_dsn: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrent_jobs <= 64:
+            raise InsituError(ErrorCode.CONFIG,
+                              "[coordinator] max_concurrent_jobs must be between 1 and 64")
+        if self.job_max_wall_s <= 0:
+            raise InsituError(ErrorCode.CONFIG, "[coordinator] job_max_wall_s must be > 0")
 
     @property
     def server_name(self) -> str:

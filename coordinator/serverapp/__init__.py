@@ -15,9 +15,10 @@ Example::
 """
 
 from coordinator.serverapp.host import (
+    MAX_LOG_BYTES,
     ServerAppCancelled,
     ServerAppOutcome,
     run_serverapp_sandboxed,
 )
 
-__all__ = ["ServerAppCancelled", "ServerAppOutcome", "run_serverapp_sandboxed"]
+__all__ = ["MAX_LOG_BYTES", "ServerAppCancelled", "ServerAppOutcome", "run_serverapp_sandboxed"]

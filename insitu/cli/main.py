@@ -336,8 +336,9 @@ def job_list(
     table = Table("job", "state", "round", "model", "owner", "reason")
     for j in jobs:
         model = f"{j.model_name} {j.model_version}".strip()
+        reason = j.error.splitlines()[0][:80] if j.error else ""
         table.add_row(j.job_id, state_name(j.state), f"{j.current_round}/{j.rounds}", model,
-                      j.owner, j.error[:80])
+                      j.owner, reason)
     console.print(table)
 
 
@@ -375,6 +376,29 @@ def job_show(
         console.print(f"round {r.round} {r.phase:8s} sites {len(r.sites_ok)}{why}")
     for line in job_outcome(job):
         console.print(line)
+
+
+@job_app.command("logs")
+@cli_errors
+def job_logs(
+    job_id: Annotated[str, typer.Argument()],
+    tail: Annotated[int, typer.Option(help="only the last N bytes (0: all, up to 16 MiB)")] = 0,
+    coordinator: Coordinator = None,
+    identity: Identity = None,
+    trust_domain: TrustDomain = None,
+    config: Config = None,
+) -> None:
+    """The job's ServerApp output (stdout and stderr of its sandboxed process)."""
+    import sys
+
+    if tail < 0:
+        raise InsituError(ErrorCode.INVALID_ARGUMENT, "--tail must be >= 0")
+    with connect(coordinator, identity, trust_domain, config) as c:
+        logs = c.job_logs(job_id, tail_bytes=tail)
+    sys.stdout.buffer.write(logs.data)
+    sys.stdout.flush()
+    if logs.truncated:
+        console.print("(earlier output omitted; the log is longer)", style="dim")
 
 
 def _kv(text: str, flag: str) -> tuple[str, str]:

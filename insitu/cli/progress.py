@@ -11,18 +11,6 @@ from insitu.sdk.client import Client
 
 __all__ = ["follow_job", "job_outcome", "state_name"]
 
-# What a site_admin or engineer does about a site's refusal, by what the reason says.
-_FIXES = (
-    ("not approved", "its site_admin reviews and approves the app: insitu-site approve"),
-    ("privacy budget", "ask for fewer rounds or more noise, or the site's data steward "
-                       "raises the dataset's epsilon_budget"),
-    ("requires DP", "submit with DP settings (--dp-noise-multiplier, --dp-epsilon)"),
-    ("sandbox unavailable", "the site installs bubblewrap"),
-    ("more than this site allows", "request less in [tool.insitu.resources]"),
-    ("not registered", "the site registers the dataset in datasets.toml"),
-)
-
-
 def state_name(state: int) -> str:
     """``JOB_STATE_REFUSED`` -> ``refused``."""
     try:
@@ -40,12 +28,8 @@ def job_outcome(job: jobs_pb2.Job) -> list[str]:
             "no model")
         return [f"job {job.job_id} succeeded: {made}"]
     lines = [f"job {job.job_id} {name}: {job.error or 'no reason given'}"]
-    for a in job.approvals:
-        if a.decided and not a.approved:
-            fix = next((f for needle, f in _FIXES if needle in a.reason), "")
-            lines.append(f"  {a.site_id}: {a.reason}" + (f"; {fix}" if fix else ""))
-        elif not a.decided:
-            lines.append(f"  {a.site_id}: did not answer the proposal")
+    # The coordinator says what fixes it: one line per refusing site, or the next step.
+    lines += [f"  {line}" for line in job.fix.splitlines()]
     return lines
 
 

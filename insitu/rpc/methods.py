@@ -84,6 +84,7 @@ METHODS: dict[str, MethodRule] = {
     "/insitu.v1.Jobs/GetJob": MethodRule("job.read", _USER, _job_of, idempotent=True),
     "/insitu.v1.Jobs/CancelJob": MethodRule("job.cancel", _USER, _job_of),
     "/insitu.v1.Jobs/WatchJob": MethodRule("job.read", _USER, _job_of, idempotent=True),
+    "/insitu.v1.Jobs/GetJobLogs": MethodRule("job.read", _USER, _job_of, idempotent=True),
     "/insitu.v1.Jobs/ListJobs": MethodRule(
         "job.read", _USER, _federation, idempotent=True, per_item=True
     ),

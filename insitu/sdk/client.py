@@ -300,6 +300,16 @@ class Client:
         """Stop a job of yours that has not finished (FailedPrecondition once it has)."""
         return self._call(self._jobs.CancelJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout)
 
+    def job_logs(
+        self, job_id: str, *, tail_bytes: int = 0, timeout: float | None = None
+    ) -> jobs_pb2.JobLogs:
+        """The job's ServerApp output (the last ``tail_bytes`` when positive)."""
+        return self._call(
+            self._jobs.GetJobLogs,
+            jobs_pb2.JobLogsRequest(job_id=job_id, tail_bytes=tail_bytes),
+            timeout,
+        )
+
     def list_jobs(self, *, timeout: float | None = None) -> list[jobs_pb2.Job]:
         return list(self._call(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(), timeout).jobs)
 

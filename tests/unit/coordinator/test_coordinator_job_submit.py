@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.jobs import JobSettings, validate_submit
+from coordinator.jobs import validate_submit
 from insitu._proto.v1 import jobs_pb2
 from insitu.errors import ErrorCode, InsituError
 from insitu.flower.bundle import app_from_module, code_hash, pack_app
@@ -34,11 +34,11 @@ def test_run_config_cannot_override_validated_fields(
     run_config: dict[str, str], field: str
 ) -> None:
     with pytest.raises(InsituError) as err:
-        validate_submit(_request(**run_config), JobSettings())
+        validate_submit(_request(**run_config), max_rounds=1000)
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
     assert f"run_config {field}" in err.value.detail
 
 
 def test_run_config_within_the_validated_fields_is_accepted() -> None:
     validate_submit(_request(**{"num-server-rounds": "2", "min-nodes": "3",
-                                "strategy": "median", "lr": "0.1"}), JobSettings())
+                                "strategy": "median", "lr": "0.1"}), max_rounds=1000)

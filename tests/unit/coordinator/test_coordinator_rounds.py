@@ -14,7 +14,8 @@ from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.flower_grid import SessionGrid
-from coordinator.jobs import JobRecord, _RoundTracker
+from coordinator.jobs import JobRecord
+from coordinator.jobs.rounds import RoundTracker
 from insitu._proto.v1 import session_pb2
 from insitu.flower.refusals import SiteRefusal
 from insitu.rpc.chunks import Assembled
@@ -53,7 +54,7 @@ def test_a_round_is_summarized_once_with_every_site_even_when_answers_race_the_b
     sessions = _Sessions({s: _AnsweringSession(s, n, holder) for n, s in SITES.items()})
     job = JobRecord("j1", "owner", "0" * 64, b"", [(s, "d") for s in SITES.values()], 1,
                     "fedavg", {}, 1, 60, session_pb2.DpSettings(), "research", "m")
-    tracker = _RoundTracker(job, threading.Condition(), lambda event, attrs: None)
+    tracker = RoundTracker(job, threading.Condition(), lambda event, attrs: None)
     grid = SessionGrid("j1", SITES, sessions, round_timeout_s=5, node_wait_s=1,  # type: ignore[arg-type]
                        max_update_bytes=1 << 20, on_event=tracker.on_event)
     holder.append(grid)
