@@ -13,18 +13,17 @@ def test_success_names_the_signed_model() -> None:
     assert job_outcome(job) == ["job j1 succeeded: model bcw v3, signed"]
 
 
-def test_refusal_names_each_site_its_reason_and_the_fix() -> None:
+def test_refusal_shows_the_coordinators_reason_and_fix_per_site() -> None:
     job = jobs_pb2.Job(
         job_id="j2", state=jobs_pb2.JOB_STATE_REFUSED, error="0 of 2 sites approved; 2 needed",
-        approvals=[
-            jobs_pb2.SiteApproval(site_id="hospital-a", decided=True, approved=False,
-                                  reason="job code is not approved at this site"),
-            jobs_pb2.SiteApproval(site_id="hospital-b", decided=False),
-        ],
+        fix="hospital-a: job code not approved here (sha256 9440abcdef01…); its site_admin "
+            "runs `insitu-site approve`\nhospital-b: did not answer within 60 s",
     )
     lines = job_outcome(job)
     assert lines[0] == "job j2 refused: 0 of 2 sites approved; 2 needed"
-    assert "hospital-a: job code is not approved at this site" in lines[1]
+    assert lines[1].startswith("  hospital-a: job code not approved here (sha256 9440")
     assert "insitu-site approve" in lines[1]
-    assert lines[2] == "  hospital-b: did not answer the proposal"
+    assert lines[2] == "  hospital-b: did not answer within 60 s"
     assert state_name(5) == "refused" and state_name(99) == "state 99"
+    assert state_name(jobs_pb2.JOB_STATE_QUEUED) == "queued"
+    assert state_name(jobs_pb2.JOB_STATE_INTERRUPTED) == "interrupted"
