@@ -106,14 +106,15 @@ class SessionGrid(RunGrid):
 
     def get_node_ids(self) -> Iterable[int]:
         live = [n for n, s in self._sites.items() if self._connected(s) and s in self._ready]
-        # FedAvg waits forever for min_available_nodes; put our own deadline on it.
-        if len(live) < len(self._sites):
+        # FedAvg waits forever for min_available_nodes; put our own deadline on it, counted
+        # from the moment no site is left.
+        if not live:
             now = time.monotonic()
             self._starved_since = self._starved_since or now
-            if now - self._starved_since > self.node_wait_s and not live:
+            if now - self._starved_since > self.node_wait_s:
                 raise InsituError(
                     ErrorCode.UNAVAILABLE,
-                    f"no approved site connected within {self.node_wait_s:.0f}s",
+                    f"no approved site connected within {self.node_wait_s:g} s",
                 )
         else:
             self._starved_since = None
@@ -130,10 +131,12 @@ class SessionGrid(RunGrid):
         ids: list[str] = []
         batch: list[tuple[str, str, Message, bytes, bytes, str]] = []
         encoded: dict[int, bytes] = {}  # a broadcast's content is serialized once
+        messages = list(messages)
+        # The whole batch is refused before any of it is pending or sent.
+        if any(msg.metadata.dst_node_id not in self._sites for msg in messages):
+            raise InsituError(ErrorCode.INVALID_ARGUMENT, "message for a node not in this job")
         for msg in messages:
-            site_id = self._sites.get(msg.metadata.dst_node_id)
-            if site_id is None:
-                raise InsituError(ErrorCode.INVALID_ARGUMENT, "message for a node not in this job")
+            site_id = self._sites[msg.metadata.dst_node_id]
             message_id = uuid.uuid4().hex
             set_message_id(msg, message_id)
             content = b""
@@ -268,9 +271,9 @@ class SessionGrid(RunGrid):
                 del self._pending[assembled.message_id]
                 self._replies[assembled.message_id] = reply
                 self._cv.notify_all()
-        self._on_event(
-            GridEvent("reply", site_id, metadata.message_type, pending.round, reply=reply)
-        )
+        # Counted under the instruction's phase, never the type the site wrote.
+        self._on_event(GridEvent("reply", site_id, pending.instruction.metadata.message_type,
+                                 pending.round, reply=reply))
 
     def has_node(self, node_id: int) -> bool:
         """Whether ``node_id`` is one of this job's sites."""

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,14 @@ class JobManager:
     def _slot(self) -> None:
         while (job_id := self._queue.get()) is not None:
             job = self._jobs[job_id]
-            if job.state in FINISHED:  # cancelled while queued
-                continue
             try:
+                # Claimed under the lock: a cancel either lands before (the job is already
+                # finished, or ends here) or after (the running job sees its event).
+                with self._lock:
+                    if job.state in FINISHED:
+                        continue
+                    if not job.cancel.is_set():
+                        self._set_state(job, jobs_pb2.JOB_STATE_AWAITING_APPROVAL)
                 if job.cancel.is_set():
                     raise ServerAppCancelled(detail="job cancelled before it started")
                 with tracer().start_as_current_span(
@@ -280,27 +286,39 @@ class JobManager:
                 ):
                     self._run(job)
             except ServerAppCancelled as e:
-                self._finish(job, jobs_pb2.JOB_STATE_CANCELLED, e.detail)
+                self._end_quietly(job, jobs_pb2.JOB_STATE_CANCELLED, e.detail)
             except Exception as e:
                 log.exception("job %s failed", job_id)
                 detail = e.detail if isinstance(e, InsituError) else type(e).__name__
-                self._finish(job, jobs_pb2.JOB_STATE_FAILED, detail,
-                             fix=f"see `insitu job logs {job_id}` for the ServerApp's output"
-                             if "job log" in detail else "")
+                self._end_quietly(job, jobs_pb2.JOB_STATE_FAILED, detail,
+                                  fix=f"see `insitu job logs {job_id}` for the ServerApp's output"
+                                  if "job log" in detail else "")
+
+    def _end_quietly(self, job: JobRecord, state: int, error: str, fix: str = "") -> None:
+        """End ``job`` from a slot; a store or audit failure is logged, never kills the slot."""
+        try:
+            self._finish(job, state, error, fix)
+        except Exception:
+            log.exception("job %s: its end could not be recorded", job.job_id)
 
     def _set_state(self, job: JobRecord, state: int) -> None:
+        """Move an unfinished job on; the record changes only once the store has it."""
         with self._lock:
+            if job.state in FINISHED:
+                raise ServerAppCancelled(detail=f"job already {state_name(job.state)}")
+            row = replace(job.to_row(), state=state_name(state))
+            self.store.save(row)
             job.state = state
-            self.store.save(job.to_row())
             self._lock.notify_all()
 
     def _finish(self, job: JobRecord, state: int, error: str = "", fix: str = "") -> None:
         with self._lock:
             if job.state in FINISHED:
                 return
-            job.state, job.error, job.fix = state, error, fix
-            job.finished_at = time.time()
-            self.store.save(job.to_row())
+            finished_at = time.time()
+            self.store.save(replace(job.to_row(), state=state_name(state), error=error,
+                                    fix=fix, finished_at=finished_at))
+            job.state, job.error, job.fix, job.finished_at = state, error, fix, finished_at
             self._lock.notify_all()
         outcome = _OUTCOME.get(state, "failed")
         self.audit(
@@ -332,7 +350,6 @@ class JobManager:
         return [s for s, _ in job.targets if job.approvals.get(s, (False, "", ""))[0]]
 
     def _run(self, job: JobRecord) -> None:
-        self._set_state(job, jobs_pb2.JOB_STATE_AWAITING_APPROVAL)
         approved = self._collect_approvals(job)
         with self._lock:
             self.store.save(job.to_row())  # the sites' decisions
