@@ -367,7 +367,7 @@ def part_upload(args: argparse.Namespace, env: Env, out: Summary) -> None:
             on_reply(site_id, assembled)
 
         grid.on_reply = timed_on_reply  # type: ignore[method-assign]
-        coord.jobs._grid = grid
+        coord.jobs._grids[job_id] = grid  # replies are routed by job id
         global_model = RecordDict({
             "arrays": ArrayRecord({"w": Array.from_numpy_ndarray(np.zeros(n_floats, np.float32))}),
             "config": ConfigRecord({"server-round": 1}),
@@ -456,7 +456,7 @@ def part_upload(args: argparse.Namespace, env: Env, out: Summary) -> None:
         out.add(f"upload {args.upload_mb} MB (throughput vs raw grpcio)", f"{ratio:.2f}x",
                 ">= 0.7x", "meets" if ratio >= 0.7 else "MISSES")
     finally:
-        coord.jobs._grid = None
+        coord.jobs._grids.pop(job_id, None)
         session.stop()
 
 
@@ -712,7 +712,7 @@ def part_rss(args: argparse.Namespace, env: Env, out: Summary) -> None:
 
         def watch() -> None:
             for ev in env.engineer.watch_job(job.job_id, timeout=args.part_timeout):
-                if ev.HasField("snapshot") and ev.snapshot.state not in (1, 2):
+                if ev.HasField("snapshot") and ev.snapshot.state not in (1, 2, 7):  # not yet finished
                     break
             done.set()
 
