@@ -712,7 +712,7 @@ def part_rss(args: argparse.Namespace, env: Env, out: Summary) -> None:
 
         def watch() -> None:
             for ev in env.engineer.watch_job(job.job_id, timeout=args.part_timeout):
-                if ev.HasField("snapshot") and ev.snapshot.state not in (1, 2, 7):  # not yet finished
+                if ev.HasField("snapshot") and ev.snapshot.state not in (1, 2, 7):
                     break
             done.set()
 
