@@ -106,6 +106,7 @@ def approve(
     from insitu.rpc.audit import RpcAuditor
     from site_node.approvals import app_summary
     from site_node.daemon import open_site_audit_log
+    from site_node.training.capacity import JobNeed
 
     settings = load_site_settings(site_dir)
     # Pack once; show what is in the packed bundle, so the hash approved is the code shown.
@@ -122,7 +123,8 @@ def approve(
     print(f"metric records  {', '.join(summary['metric_records'])}")
     print(f"resources       {layout.declaration.resources.describe()}")
     try:
-        settings.job_limits().grant(layout.declaration.resources)
+        limits = settings.job_limits().grant(layout.declaration.resources)
+        settings.job_capacity().check(JobNeed(limits.memory_mb, layout.declaration.resources.gpu))
     except InsituError as e:
         raise InsituError(ErrorCode.RESOURCE_EXHAUSTED, f"not approved: {e.detail}") from None
     if layout.declaration.resources.gpu and not settings.job_gpus:
@@ -148,15 +150,31 @@ def approve(
 @app.command("status")
 @cli_errors
 def status(site_dir: Annotated[Path, typer.Option(help="this site's state folder")]) -> None:
-    """The running daemon's status: session, certificate, ports, and whether job code runs
-    sandboxed (with the count of unsandboxed job starts)."""
+    """The running daemon's status: session, certificate, ports, whether job code runs
+    sandboxed (with the count of unsandboxed job starts), and each job as running (with the
+    memory and GPU it holds) or queued (with what it waits for)."""
     import json
 
     path = site_dir / "status.json"
     if not path.exists():
         raise InsituError(ErrorCode.NOT_FOUND, f"{path} does not exist (is the daemon running?)")
-    for key, value in json.loads(path.read_text()).items():
+    body = json.loads(path.read_text())
+    jobs = body.pop("jobs", [])
+    for key, value in body.items():
         print(f"{key:24} {value}")
+    running = sum(1 for j in jobs if j.get("state") == "running")
+    print(f"{'jobs':24} {running} running, {len(jobs) - running} queued")
+    for j in jobs:
+        print(f"  {_job_line(j)}")
+
+
+def _job_line(job: dict[str, object]) -> str:
+    memory, gpu = job.get("memory_mb"), job.get("gpu")
+    if job.get("state") == "running":
+        return f"{job.get('job_id')}  running  holds memory_mb={memory} gpu={gpu}"
+    wants = "a GPU" if gpu == "wanted" else "no GPU"
+    return (f"{job.get('job_id')}  queued #{job.get('queue_position')}  "
+            f"waits for memory_mb={memory} and {wants}")
 
 
 def _os_user() -> str:

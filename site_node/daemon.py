@@ -34,6 +34,7 @@ from site_node.session import SiteSession
 from site_node.settings import SiteSettings
 from site_node.site_api import SiteApiServer
 from site_node.site_authz import SiteAuthorizer, SiteAuthState
+from site_node.training.capacity import JobCapacity
 from site_node.training.datasets import load_datasets
 from site_node.training.jobs import JobSandboxing, SiteJobs
 from site_node.training.ledger import open_ledger
@@ -117,6 +118,7 @@ class SiteDaemon:
             ),
         )
         self.session.witnessed_size = lambda: self.witness.witnessed_size
+        self.capacity = JobCapacity(settings.job_capacity(), on_change=self.session.status_changed)
         self.jobs = SiteJobs(
             site_dir=d,
             site_id=settings.site_id,
@@ -127,10 +129,13 @@ class SiteDaemon:
             guard=self.guard,
             send=self.session.send,
             audit=self._job_event,
-            sandboxing=JobSandboxing(
-                settings.job_limits(), settings.job_gpus, settings.unsafe_unsandboxed_jobs
-            ),
+            sandboxing=JobSandboxing(settings.job_limits(), settings.unsafe_unsandboxed_jobs),
+            capacity=self.capacity,
         )
+        # The Hello reports the jobs held; each Welcome reconciles them with the coordinator's.
+        self.session.active_job_ids = self.jobs.active_job_ids
+        self.session.on_welcome = self._reconcile
+        self.session.job_slots = self.jobs.slots
         self.session.status.sandbox = (
             "off (unsafe_unsandboxed_jobs)" if settings.unsafe_unsandboxed_jobs else "bubblewrap"
         )
@@ -228,6 +233,9 @@ class SiteDaemon:
         self.auditor.event(event, event, ("Job", attrs.get("job_id", "-")), attrs=attrs)
         if event == "job.start_unsandboxed":
             self.session.status.unsandboxed_job_starts += 1
+
+    def _reconcile(self, welcome: session_pb2.Welcome) -> None:
+        self.jobs.reconcile(welcome.active_job_ids)
 
     def _on_authz_sync(self, msg: session_pb2.CoordinatorMessage) -> None:
         self.authz_state.update(msg.authz_sync)

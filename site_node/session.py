@@ -2,6 +2,10 @@
 open with heartbeats, reconnect with exponential backoff and full jitter, and renew the
 certificate at 2/3 of its lifetime without dropping the session (make-before-break: the
 new stream is welcomed before the old one closes).
+
+Each stream's Hello says which jobs the site holds (``active_job_ids``); the Welcome that
+answers it says which ones the coordinator runs with this site, and ``on_welcome`` (the
+daemon reconciles its jobs) runs before the stream's next message is read.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import grpc
@@ -25,6 +29,7 @@ from insitu.identity.spiffe import SpiffeId
 from insitu.rpc.server import secure_channel
 from site_node.egress import EgressGuard
 from site_node.settings import SiteSettings
+from site_node.training.capacity import JobSlot
 
 __all__ = ["SessionStatus", "SiteRefused", "SiteSession"]
 
@@ -52,9 +57,11 @@ class SessionStatus:
     metrics_port: int = 0
     sandbox: str = "bubblewrap"  # or "off (unsafe_unsandboxed_jobs)"
     unsandboxed_job_starts: int = 0
+    jobs: list[JobSlot] = field(default_factory=list)  # running, then queued
 
 
 Inbound = Callable[[session_pb2.CoordinatorMessage], None]
+WelcomeHook = Callable[[session_pb2.Welcome], None]
 
 
 class _Stream:
@@ -66,23 +73,19 @@ class _Stream:
         creds: Credentials,
         guard: EgressGuard,
         on_inbound: Inbound | None,
-        replaces: str = "",
-        attestation_key: bytes = b"",
-        audit_key: bytes = b"",
-        witnessed_size: int = 0,
+        hello: session_pb2.Hello,
+        on_welcome: WelcomeHook | None = None,
     ) -> None:
-        self.attestation_key = attestation_key
-        self.audit_key = audit_key
-        self.witnessed_size = witnessed_size
         self.settings = s
         self.guard = guard
         self.on_inbound = on_inbound
+        self.on_welcome = on_welcome
         self.creds = creds
+        self.hello = hello
         self.channel = secure_channel(
             s.coordinator, ca_pem=creds.ca_pem, creds=creds, server_name=s.server_name
         )
         self._out: queue.Queue[session_pb2.SiteMessage | None] = queue.Queue()
-        self._replaces = replaces
         self.welcomed = threading.Event()
         self.ended = threading.Event()
         self.error: grpc.RpcError | None = None
@@ -92,18 +95,7 @@ class _Stream:
         self._call: grpc.Future | None = None
 
     def _requests(self) -> Iterator[session_pb2.SiteMessage]:
-        yield self.guard.admit(
-            session_pb2.SiteMessage(
-                hello=session_pb2.Hello(
-                    site_id=self.settings.site_id,
-                    software_version=SOFTWARE_VERSION,
-                    replaces_session_id=self._replaces,
-                    attestation_key=self.attestation_key,
-                    audit_key=self.audit_key,
-                    witnessed_size=self.witnessed_size,
-                )
-            )
-        )
+        yield self.guard.admit(session_pb2.SiteMessage(hello=self.hello))
         while True:
             item = self._out.get()
             if item is None:
@@ -121,6 +113,7 @@ class _Stream:
                 kind = msg.WhichOneof("body")
                 if kind == "welcome":
                     self.session_id = msg.welcome.session_id
+                    self._welcome(msg.welcome)
                     self.welcomed.set()
                 elif kind == "heartbeat_ack":
                     self.acks += 1
@@ -132,6 +125,16 @@ class _Stream:
             self.error = e
         finally:
             self.ended.set()
+
+    def _welcome(self, welcome: session_pb2.Welcome) -> None:
+        # In this reader thread, before the stream's next message is read: the site agrees
+        # with the coordinator's list of jobs before any proposal or task that follows it.
+        if self.on_welcome is None:
+            return
+        try:
+            self.on_welcome(welcome)
+        except Exception:  # the session must survive a failed reconcile
+            log.exception("handling the Welcome of session %s failed", welcome.session_id)
 
     def send(self, msg: session_pb2.SiteMessage) -> None:
         self._out.put(self.guard.admit(msg))
@@ -165,7 +168,12 @@ class SiteSession:
         self.settings = settings
         self.attestation_key = attestation_key
         self.audit_key = audit_key
+        # Set by the daemon: what the Hello reports, what a Welcome triggers, what status shows.
         self.witnessed_size: Callable[[], int] = lambda: 0
+        self.active_job_ids: Callable[[], list[str]] = lambda: []
+        self.on_welcome: WelcomeHook | None = None
+        self.job_slots: Callable[[], list[JobSlot]] = lambda: []
+        self._status_lock = threading.Lock()
         self.guard = guard or EgressGuard(lambda kind, reason: None)
         self.on_inbound = on_inbound
         self._current: _Stream | None = None
@@ -184,11 +192,28 @@ class SiteSession:
             raise InsituError(ErrorCode.UNAVAILABLE, "no session with the coordinator")
         stream.send(msg)
 
+    def status_changed(self) -> None:
+        """Rewrite ``status.json`` now (e.g. a job started or was queued)."""
+        self._write_status()
+
     def _write_status(self) -> None:
         path = self.settings.site_dir / "status.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.status)))
-        tmp.replace(path)
+        with self._status_lock:  # the session loop and job threads both write it
+            self.status.jobs = self.job_slots()
+            tmp.write_text(json.dumps(asdict(self.status)))
+            tmp.replace(path)
+
+    def _hello(self, replaces: str = "") -> session_pb2.Hello:
+        return session_pb2.Hello(
+            site_id=self.settings.site_id,
+            software_version=SOFTWARE_VERSION,
+            replaces_session_id=replaces,
+            attestation_key=self.attestation_key,
+            audit_key=self.audit_key,
+            witnessed_size=self.witnessed_size(),
+            active_job_ids=self.active_job_ids(),
+        )
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * (2**attempt))
@@ -201,13 +226,7 @@ class SiteSession:
             creds = Credentials.load(self.settings.tls_dir)
             self._note_cert(creds)
             stream = _Stream(
-                self.settings,
-                creds,
-                self.guard,
-                self.on_inbound,
-                attestation_key=self.attestation_key,
-                audit_key=self.audit_key,
-                witnessed_size=self.witnessed_size(),
+                self.settings, creds, self.guard, self.on_inbound, self._hello(), self.on_welcome
             )
             # Replies to what arrives right after Welcome go on this stream.
             self._current = stream
@@ -310,14 +329,8 @@ class SiteSession:
             return None
         creds.save(self.settings.tls_dir)
         new = _Stream(
-            self.settings,
-            creds,
-            self.guard,
-            self.on_inbound,
-            replaces=old.session_id,
-            attestation_key=self.attestation_key,
-            audit_key=self.audit_key,
-            witnessed_size=self.witnessed_size(),
+            self.settings, creds, self.guard, self.on_inbound, self._hello(old.session_id),
+            self.on_welcome,
         )
         new.start()
         if not new.welcomed.wait(WELCOME_TIMEOUT_S):

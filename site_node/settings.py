@@ -9,6 +9,7 @@ from insitu.errors import ErrorCode, InsituError
 from insitu.sandbox.limits import Limits
 from insitu.settings import load_settings
 from site_node.egress import EgressBounds
+from site_node.training.capacity import CapacityBudget
 
 __all__ = ["SiteSettings", "load_site_settings"]
 
@@ -43,7 +44,11 @@ class SiteSettings:
     job_open_files: int = 1024
     job_scratch_mb: int = 1024
     job_message_timeout_s: float = 600.0
-    job_gpus: tuple[int, ...] = ()  # GPU indices jobs may be granted (one per job)
+    job_gpus: tuple[int, ...] = ()  # GPU indices jobs may be granted (each to one job at a time)
+    # The budget of all job workers together: how many run at once, and their memory ceilings
+    # summed (default 4 x job_memory_mb). An approved job beyond it waits in a FIFO queue.
+    job_max_concurrent: int = 2
+    job_total_memory_mb: int | None = None
     # The egress contract's bounds on one reply's metric and config records.
     egress_max_entries: int = 64
     egress_max_list_length: int = 64
@@ -68,6 +73,15 @@ class SiteSettings:
             message_timeout_s=self.job_message_timeout_s,
         )
 
+    def job_capacity(self) -> CapacityBudget:
+        """The site's budget for concurrent job workers."""
+        total = self.job_total_memory_mb
+        return CapacityBudget(
+            max_jobs=self.job_max_concurrent,
+            total_memory_mb=4 * self.job_memory_mb if total is None else total,
+            gpus=self.job_gpus,
+        )
+
     def egress_bounds(self) -> EgressBounds:
         return EgressBounds(
             max_entries=self.egress_max_entries,
@@ -77,8 +91,8 @@ class SiteSettings:
 
 
 def load_site_settings(site_dir: Path, **overrides: object) -> SiteSettings:
-    """Load and check ``<site-dir>/site.toml``; a bad job limit, GPU index or egress
-    bound fails here, naming the file and the field."""
+    """Load and check ``<site-dir>/site.toml``; a bad job limit, job budget, GPU index or
+    egress bound fails here, naming the file and the field."""
     file = site_dir / SITE_FILE
     settings = load_settings(
         SiteSettings, "site", file=file, overrides={"site_dir": str(site_dir), **overrides}
@@ -86,6 +100,7 @@ def load_site_settings(site_dir: Path, **overrides: object) -> SiteSettings:
     try:
         settings.job_limits()
         settings.egress_bounds()
+        settings.job_capacity()
     except InsituError as err:
         raise InsituError(ErrorCode.CONFIG, f"{file} [site]: {err.detail}") from None
     for gpu in settings.job_gpus:

@@ -165,6 +165,18 @@ def run_serverapp_sandboxed(
     watchdog.start()
     arrays: ArrayRecord | None = None
     onnx = b""
+
+    def stopped(code: int | None) -> InsituError:
+        """Why the process ended: cancelled, past its limit, or by itself."""
+        if cancelled.is_set():
+            return ServerAppCancelled(detail="job cancelled; its ServerApp was stopped")
+        if expired.is_set():
+            return InsituError(ErrorCode.DEADLINE_EXCEEDED,
+                               f"ServerApp exceeded the job's wall-clock limit of "
+                               f"{wall_s:g} s and was stopped (see the job log)")
+        return InsituError(ErrorCode.FAILED_PRECONDITION,
+                           f"ServerApp process ended with code {code} (see the job log)")
+
     try:
         write_frame(proc.stdin, Kind.INIT, json.dumps({
             "app_dir": launcher.inside(app_dir), "serverapp": serverapp,
@@ -173,15 +185,7 @@ def run_serverapp_sandboxed(
         while True:
             frame = read_frame(proc.stdout, Kind, lambda k: limits.get(k, _MAX_SMALL))
             if frame is None:
-                code = proc.wait()
-                if cancelled.is_set():
-                    raise ServerAppCancelled(detail="job cancelled; its ServerApp was stopped")
-                if expired.is_set():
-                    raise InsituError(ErrorCode.DEADLINE_EXCEEDED,
-                                      f"ServerApp exceeded the job's wall-clock limit of "
-                                      f"{wall_s:g} s and was stopped (see the job log)")
-                raise InsituError(ErrorCode.FAILED_PRECONDITION,
-                                  f"ServerApp process ended with code {code} (see the job log)")
+                raise stopped(proc.wait())
             kind, payload = frame
             if kind is Kind.CALL and payload:
                 try:
@@ -208,6 +212,12 @@ def run_serverapp_sandboxed(
                                   f"{str(detail)[:200]} (see the job log)")
             else:
                 raise InsituError(ErrorCode.INTERNAL, f"ServerApp sent {kind.name}")
+    except Exception as e:
+        # Killed (cancel, wall clock) or dead while we wrote to it, or a frame cut short by
+        # the kill: say which, rather than the pipe error.
+        if isinstance(e, OSError) or cancelled.is_set() or expired.is_set():
+            raise stopped(proc.wait()) from None
+        raise
     finally:
         finished.set()
         with contextlib.suppress(OSError):

@@ -12,7 +12,8 @@ leaves either a whole entry or none. The flow for a DP job at a site:
 3. :meth:`PrivacyLedger.release` when the job ends, returning what it did not spend.
 
 A reservation left open by a crash stays counted against the budget (the safe side)
-until released.
+until released; :meth:`PrivacyLedger.open_reservations` lists them, and the site releases
+those of jobs the coordinator no longer runs when it reconnects.
 
 Example::
 
@@ -223,6 +224,18 @@ class PrivacyLedger:
         """Budget minus spent minus reserved (never below zero)."""
         balance = self._balance(dataset)
         return max(0.0, self.budget(dataset) - balance.spent - balance.reserved)
+
+    def open_reservations(self) -> list[tuple[str, str]]:
+        """``(dataset, job_id)`` of every reservation still open, over all datasets: reserved,
+        and neither charged in full nor released (a crash can leave one open)."""
+        with self._lock:
+            datasets = [row[0] for row in self._db.execute(
+                "SELECT DISTINCT dataset FROM privacy_ledger ORDER BY dataset").fetchall()]
+            return [
+                (dataset, job_id)
+                for dataset in datasets
+                for job_id in sorted(_fold(self._entries(self._db, dataset)).open_by_job)
+            ]
 
     def history(self, dataset: str) -> list[LedgerEntry]:
         """Every entry for ``dataset``, oldest first."""

@@ -289,6 +289,7 @@ class ClientAppRunner:
             [sys.executable, "-m", "site_node.training.worker"]
         )
         self._worker: _Worker | None = None
+        self._starting: _Worker | None = None
         self._state: bytes | None = None  # context.state after the last good message
         self._lock = threading.Lock()
         self._closed = False
@@ -321,6 +322,15 @@ class ClientAppRunner:
                 self._worker.close(grace_s)
                 self._worker = None
 
+    def abort(self) -> None:
+        """Kill the worker now, even mid-message (that message then fails as UNAVAILABLE);
+        the runner refuses messages afterwards. :meth:`close` still reaps it."""
+        self._closed = True
+        # No lock: a running message (or a starting worker) holds it.
+        for worker in (self._worker, self._starting):
+            if worker is not None:
+                worker.kill()
+
     def _ensure_worker(self) -> _Worker:
         if self._closed:
             raise InsituError(
@@ -333,6 +343,9 @@ class ClientAppRunner:
             self._worker = None
         tag = f"job-worker run={self.run_id}"
         worker = _Worker(self._argv, self.launcher, tag, self.max_reply_bytes)
+        self._starting = worker  # abort() reaches it before it is READY
+        if self._closed:  # aborted just now: the frame wait below then ends at once
+            worker.kill()
         self.starts += 1
         init = {
             "app_dir": self.launcher.inside(self.app_dir), "clientapp": self.clientapp_ref,
@@ -351,7 +364,14 @@ class ClientAppRunner:
         except BaseException:
             worker.kill()
             raise
+        finally:
+            self._starting = None
         self._worker = worker
+        if self._closed:  # aborted while it started
+            worker.kill()
+            raise InsituError(
+                ErrorCode.FAILED_PRECONDITION, f"runner of run {self.run_id} is closed"
+            )
         return worker
 
     def _next_frame(self, worker: _Worker, timeout_s: float, what: str) -> tuple[FrameKind, bytes]:

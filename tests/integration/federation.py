@@ -80,6 +80,7 @@ def start_federation(
     approve: Callable[[str], bool] = lambda s: True,
     run: Callable[[str], bool] = lambda s: True,
     epsilon_budget: float = 10.0,
+    **site_settings: object,
 ) -> Federation:
     csvs = write_site_csvs(tmp / "data", SITES, seed=0)
     bundle_hash = code_hash(pack_app(app_from_module(APP)))
@@ -92,13 +93,13 @@ def start_federation(
         )
         if approve(site):
             ApprovedCode(s.site_dir).approve(bundle_hash, "test")
-        settings[site] = _fast_settings(s.site_dir)
+        settings[site] = _fast_settings(s.site_dir, **site_settings)
     return _start(rc, keys, tmp, settings, bundle_hash, run)
 
 
-def _fast_settings(site_dir: Path) -> SiteSettings:
+def _fast_settings(site_dir: Path, **extra: object) -> SiteSettings:
     return load_site_settings(
-        site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0
+        site_dir, heartbeat_interval_ms=300, backoff_initial_s=0.1, backoff_max_s=1.0, **extra
     )
 
 
