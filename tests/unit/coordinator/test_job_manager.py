@@ -588,6 +588,20 @@ def test_after_a_restart_a_finished_job_keeps_its_history(env: Env) -> None:
     assert [e.round for e in events[1:-1]] == rounds
 
 
+def test_after_a_restart_a_release_still_resolves_its_job(env: Env) -> None:
+    """ListReleases and ReadRelease authorize each release through its job: before jobs were
+    durable, a restart made that NOT_FOUND for everyone."""
+    from coordinator.features import release_resource
+
+    store = env.store()
+    done = _store_job(store, jobs_pb2.JOB_STATE_SUCCEEDED, finished_at=time.time())
+    m = env.manager(store=store)
+    job = m.get(done.job_id)
+    resource = release_resource(job, A, "bcw", ["research"], True, release_id="r1")
+    assert resource.attrs["job"].id == done.job_id
+    assert resource.attrs["job"].attrs["owner"].id == "alice"
+
+
 # -- logs -------------------------------------------------------------------------------
 
 
