@@ -120,7 +120,9 @@ class AuthzLayer(Layer):
             if self.recorder is not None:
                 with contextlib.suppress(InsituError):  # the call is refused either way
                     self.recorder.record_call(call, "authz.decision", "denied", "policy")
-            raise InsituError(ErrorCode.PERMISSION_DENIED, decision.reason or rule.action)
+            # The caller learns what was refused, never which policy refused it or why (the
+            # policy ids and reasons are in the audit record).
+            raise InsituError(ErrorCode.PERMISSION_DENIED, f"{rule.action} is not permitted")
 
 
 EMERGENCY_HEADER = "insitu-emergency-access"

@@ -133,5 +133,11 @@ def test_auditor_cannot_read_models_or_submit_jobs(
         admin.grant_role(f"spiffe://{td}/user/quinn", "auditor")
     with user_client(rc, key_service, "quinn", tmp_path / "q") as quinn:
         assert quinn.list_models() == []
-        with pytest.raises(PermissionDenied):
+        with pytest.raises(PermissionDenied) as denied:
             quinn.submit_job("insitu.apps.breast_cancer", {"hospital-a": "bcw"}, rounds=1)
+    # The caller learns the action was refused, never which policy refused it (#13); the
+    # determining policy id is in the audit record for the auditor.
+    assert denied.value.details == "permission denied: job.submit is not permitted"
+    refused = [r for r in _records(rc, "authz.decision")
+               if r["outcome"] == "denied" and r["actor"]["spiffe_id"].endswith("/user/quinn")]
+    assert refused and refused[-1]["authz"]["decision"] == "deny", refused
