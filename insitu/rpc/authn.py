@@ -63,8 +63,8 @@ class Authenticator:
         certs = auth.get("x509_pem_cert") or []
         if not certs:
             raise InsituError(ErrorCode.UNAUTHENTICATED, "no client certificate")
-        version = auth.get("ssl_tls_version")
-        if version is not None and version != [b"TLSv1.3"]:
+        # Fail closed: a connection that does not report TLS 1.3 is not trusted to be it.
+        if auth.get("ssl_tls_version") != [b"TLSv1.3"]:
             raise InsituError(ErrorCode.UNAUTHENTICATED, "TLS 1.3 is required")
         return self.check(self._info(certs[0]), peer=str(context.peer()))
 
