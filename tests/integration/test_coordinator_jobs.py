@@ -62,6 +62,7 @@ def _processes_naming(text: str) -> int:
     return n
 
 
+@pytest.mark.timeout(900)  # six jobs, each starting four sandboxes, on two cores
 def test_three_concurrent_jobs_equal_the_same_jobs_run_alone(
     fed: Federation, key_service: KeyService, tmp_path: Path
 ) -> None:
@@ -74,7 +75,7 @@ def test_three_concurrent_jobs_equal_the_same_jobs_run_alone(
     targets = {s: "bcw" for s in SITES}
 
     def submit(i: int, name: str) -> str:
-        job = owners[i].submit_job(APP, targets, rounds=2, model_name=f"{name}-{i}",
+        job = owners[i].submit_job(APP, targets, rounds=1, model_name=f"{name}-{i}",
                                    run_config={"local-epochs": 1, "seed": i + 1})
         return job.job_id
 
